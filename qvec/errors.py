@@ -1,0 +1,96 @@
+"""The errors qvec raises. Every one is a ``QvecError``; those caused by the caller's
+input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic handlers work.
+
+    QvecError
+    ├── InvalidInput (ValueError)          bad vectors, texts, ids, k, metadata
+    │   ├── DimensionMismatch              vector width differs from the store's
+    │   ├── DuplicateId                    add() of an id that exists, or twice in a batch
+    │   ├── InvalidFilter                  a where= that cannot be compiled
+    │   └── InvalidSpec                    unknown quantization / index / metric string
+    ├── SettingsConflict (ValueError)      reopen with settings that differ from the store's
+    ├── NotTrained                         train() asked for with too few vectors
+    ├── IdNotFound (KeyError)              get/delete of ids that are not stored
+    ├── StoreNotFound (FileNotFoundError)  opening a path that is not a store (create=False)
+    ├── CorruptStore                       a store file fails its checks
+    ├── IncompatibleStore                  a store written by a newer format version
+    ├── EmbedderError                      the embedding model cannot load or run
+    └── StoreLocked                        another process has the store open for writing
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "QvecError",
+    "InvalidInput",
+    "DimensionMismatch",
+    "DuplicateId",
+    "InvalidFilter",
+    "InvalidSpec",
+    "SettingsConflict",
+    "NotTrained",
+    "IdNotFound",
+    "StoreNotFound",
+    "CorruptStore",
+    "IncompatibleStore",
+    "EmbedderError",
+    "StoreLocked",
+]
+
+
+class QvecError(Exception):
+    """Base class of every error qvec raises on purpose."""
+
+
+class InvalidInput(QvecError, ValueError):
+    """The caller's input cannot be stored or searched."""
+
+
+class DimensionMismatch(InvalidInput):
+    """A vector's width differs from the store's dimension."""
+
+
+class DuplicateId(InvalidInput):
+    """An id already exists in the store, or appears twice in one batch."""
+
+
+class InvalidFilter(InvalidInput):
+    """A ``where=`` filter that cannot be compiled."""
+
+
+class InvalidSpec(InvalidInput):
+    """An unknown quantization, index or metric specification."""
+
+
+class SettingsConflict(QvecError, ValueError):
+    """Reopening a store with settings that differ from the ones it was created with."""
+
+
+class NotTrained(QvecError):
+    """Training was requested with too few vectors."""
+
+
+class IdNotFound(QvecError, KeyError):
+    """One or more ids are not in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreNotFound(QvecError, FileNotFoundError):
+    """The path is not a qvec store."""
+
+
+class CorruptStore(QvecError):
+    """A store file is damaged: it fails its size, checksum or format checks."""
+
+
+class IncompatibleStore(QvecError):
+    """The store was written by a newer qvec format version."""
+
+
+class EmbedderError(QvecError):
+    """The embedding model cannot be loaded or run."""
+
+
+class StoreLocked(QvecError):
+    """Another process has the store open for writing."""

@@ -1,0 +1,298 @@
+"""The SQLite side of a store (through sqlite-utils): one row per vector, the store's
+settings, the write-ahead log of vectors not yet in the saved index, and ``where=``
+filters compiled to parameterised SQL.
+
+Tables
+- ``settings(key, value)``: JSON values; the store's settings, format version, index file.
+- ``items(fid, id, text, metadata)``: fid is the FAISS id; id the user's string id.
+- ``meta_kv(key, type, value, fid)``: each scalar metadata value (list elements one row
+  each, nested keys dotted), so filters are index look-ups, not JSON scans.
+- ``wal(seq, op, fid, vector)``: adds and deletes since the last index checkpoint.
+- ``tombstones(fid)``: deleted fids still inside an HNSW graph.
+
+User strings never become SQL: field names and values are bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import sqlite_utils
+
+from .errors import InvalidFilter, InvalidInput
+
+__all__ = ["MetadataDB", "compile_where", "OPERATORS"]
+
+OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$and", "$or")
+_CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    fid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, metadata TEXT);
+CREATE TABLE IF NOT EXISTS meta_kv (
+    key TEXT NOT NULL, type TEXT NOT NULL, value, fid INTEGER NOT NULL,
+    PRIMARY KEY (key, type, value, fid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS meta_kv_fid ON meta_kv (fid);
+CREATE TABLE IF NOT EXISTS wal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, fid INTEGER NOT NULL, vector BLOB);
+CREATE TABLE IF NOT EXISTS tombstones (fid INTEGER PRIMARY KEY);
+"""
+
+
+def _typed(value: Any) -> tuple[str, Any] | None:
+    """(type tag, SQL value) for a filterable scalar; None for anything else."""
+    if isinstance(value, bool):
+        return "b", int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "n", value
+    if isinstance(value, str):
+        return "s", value
+    if value is None:
+        return "z", None
+    return None
+
+
+def _flatten(meta: dict, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                t = _typed(v)
+                if t:
+                    yield name, *t
+        else:
+            t = _typed(value)
+            if t:
+                yield name, *t
+
+
+def dump_metadata(meta: Any) -> str:
+    """JSON text for a metadata dict, or InvalidInput saying what is wrong with it."""
+    if not isinstance(meta, dict):
+        raise InvalidInput(f"metadata must be a dict per vector, got {type(meta).__name__}")
+    if not all(isinstance(k, str) for k in meta):
+        raise InvalidInput("metadata keys must be strings")
+    try:
+        return json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"metadata must be JSON-serialisable: {e}") from None
+
+
+# -- filters ----------------------------------------------------------------------------
+def compile_where(where: dict) -> tuple[str, list]:
+    """A boolean SQL expression over ``items.fid`` with its parameters."""
+    if not isinstance(where, dict):
+        raise InvalidFilter(f"where must be a dict such as {{'lang': 'en'}}, got {type(where).__name__}")
+    parts, params = [], []
+    for key, cond in where.items():
+        if not isinstance(key, str):
+            raise InvalidFilter(f"filter field names must be strings, got {key!r}")
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond:
+                raise InvalidFilter(f"{key} takes a non-empty list of filters, got {cond!r}")
+            subs = [compile_where(c) for c in cond]
+            joiner = " AND " if key == "$and" else " OR "
+            parts.append("(" + joiner.join(s for s, _ in subs) + ")")
+            for _, p in subs:
+                params += p
+        elif key.startswith("$"):
+            raise InvalidFilter(f"unknown operator {key!r} at field level: use one of $and, $or")
+        elif isinstance(cond, dict):
+            if not cond:
+                raise InvalidFilter(f"empty condition for field {key!r}")
+            for op, value in cond.items():
+                sql, p = _compile_op(key, op, value)
+                parts.append(sql)
+                params += p
+        else:
+            sql, p = _compile_op(key, "$eq", cond)
+            parts.append(sql)
+            params += p
+    if not parts:
+        return "1", []
+    return "(" + " AND ".join(parts) + ")", params
+
+
+def _scalar(field: str, op: str, value: Any) -> tuple[str, Any]:
+    t = _typed(value)
+    if t is None:
+        raise InvalidFilter(
+            f"{op} on {field!r} needs a string, number, boolean or null, got {type(value).__name__}"
+        )
+    if t[0] == "n" and isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilter(f"{op} on {field!r} needs a finite number, got {value}")
+    return t
+
+
+def _member(field: str, pairs: list[tuple[str, Any]]) -> tuple[str, list]:
+    cond = " OR ".join("(type = ? AND value IS ?)" for _ in pairs)
+    params: list = [field]
+    for t, v in pairs:
+        params += [t, v]
+    return f"fid IN (SELECT fid FROM meta_kv WHERE key = ? AND ({cond}))", params
+
+
+def _compile_op(field: str, op: str, value: Any) -> tuple[str, list]:
+    if op in ("$eq", "$ne"):
+        sql, p = _member(field, [_scalar(field, op, value)])
+        return (sql if op == "$eq" else f"NOT {sql}"), p
+    if op in ("$in", "$nin"):
+        if not isinstance(value, (list, tuple)):
+            raise InvalidFilter(f"{op} on {field!r} takes a list, got {type(value).__name__}")
+        if not value:
+            return ("0" if op == "$in" else "1"), []
+        sql, p = _member(field, [_scalar(field, op, v) for v in value])
+        return (sql if op == "$in" else f"NOT {sql}"), p
+    if op in _CMP:
+        t, v = _scalar(field, op, value)
+        if t not in ("n", "s"):
+            raise InvalidFilter(f"{op} on {field!r} compares numbers or strings, got {value!r}")
+        sql = f"fid IN (SELECT fid FROM meta_kv WHERE key = ? AND type = ? AND value {_CMP[op]} ?)"
+        return sql, [field, t, v]
+    raise InvalidFilter(f"unknown operator {op!r} on {field!r}: expected one of {', '.join(OPERATORS)}")
+
+
+# -- the database ---------------------------------------------------------------------
+class MetadataDB:
+    """The store's SQLite database."""
+
+    def __init__(self, path):
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so a
+        # batch is applied whole or not at all.
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss too
+        self.db.execute("PRAGMA busy_timeout = 10000")
+
+    def create_schema(self) -> None:
+        # Statement by statement: executescript() would COMMIT the caller's transaction.
+        for stmt in filter(str.strip, _SCHEMA.split(";")):
+            self.conn.execute(stmt)
+
+    def has_schema(self) -> bool:
+        return self.db["settings"].exists() and self.db["items"].exists()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- settings
+    def get_settings(self) -> dict:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM settings")}
+
+    def put_settings(self, values: dict) -> None:
+        # Plain SQL, not sqlite-utils' upsert_all: that wraps itself in `with conn:`, which
+        # would commit the caller's transaction half-way through a batch.
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+            ((k, json.dumps(v)) for k, v in values.items()),
+        )
+
+    # -- rows
+    def count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def insert(self, fids: Iterable[int], ids: list[str], texts: list, metas: list[str | None]) -> None:
+        fids = [int(f) for f in fids]
+        self.conn.executemany(
+            "INSERT INTO items (fid, id, text, metadata) VALUES (?, ?, ?, ?)", zip(fids, ids, texts, metas)
+        )
+        kv = [
+            (key, t, v, fid)
+            for fid, m in zip(fids, metas)
+            if m is not None
+            for key, t, v in _flatten(json.loads(m))
+        ]
+        self.conn.executemany("INSERT OR IGNORE INTO meta_kv (key, type, value, fid) VALUES (?, ?, ?, ?)", kv)
+
+    def delete(self, fids: list[int]) -> None:
+        rows = [(int(f),) for f in fids]
+        self.conn.executemany("DELETE FROM items WHERE fid = ?", rows)
+        self.conn.executemany("DELETE FROM meta_kv WHERE fid = ?", rows)
+
+    def fids_of(self, ids: list[str]) -> dict[str, int]:
+        out = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = f"SELECT id, fid FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update(self.conn.execute(q, chunk).fetchall())
+        return out
+
+    def rows(self, fids: np.ndarray, columns: str = "id") -> dict[int, tuple]:
+        """fid -> (columns...) for the given fids, in one query."""
+        if not len(fids):
+            return {}
+        q = f"SELECT fid, {columns} FROM items WHERE fid IN (SELECT value FROM json_each(?))"
+        return {r[0]: r[1:] for r in self.conn.execute(q, (json.dumps(np.asarray(fids).tolist()),))}
+
+    def rows_by_id(self, ids: list[str]) -> dict[str, tuple]:
+        q = "SELECT id, fid, text, metadata FROM items WHERE id IN (SELECT value FROM json_each(?))"
+        return {r[0]: r[1:] for r in self.conn.execute(q, (json.dumps(ids),))}
+
+    def ids(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY fid")]
+
+    def all_fids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items ORDER BY fid")), dtype=np.int64)
+
+    def where_fids(self, where: dict) -> np.ndarray:
+        sql, params = compile_where(where)
+        cur = self.conn.execute(f"SELECT fid FROM items WHERE {sql} ORDER BY fid", params)
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    # -- write-ahead log of vectors
+    def log(self, op: str, fids, vectors: np.ndarray | None = None) -> None:
+        if vectors is None:
+            self.conn.executemany("INSERT INTO wal (op, fid) VALUES (?, ?)", ((op, int(f)) for f in fids))
+        else:
+            self.conn.executemany(
+                "INSERT INTO wal (op, fid, vector) VALUES (?, ?, ?)",
+                ((op, int(f), v.tobytes()) for f, v in zip(fids, vectors)),
+            )
+
+    def log_entries(self, after: int = 0) -> Iterator[tuple[int, str, int, bytes | None]]:
+        return self.conn.execute("SELECT seq, op, fid, vector FROM wal WHERE seq > ? ORDER BY seq", (after,))
+
+    def log_size(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM wal").fetchone()[0]
+
+    def last_seq(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(seq), 0) FROM wal").fetchone()[0]
+
+    def truncate_log(self, upto: int) -> None:
+        self.conn.execute("DELETE FROM wal WHERE seq <= ?", (upto,))
+
+    # -- tombstones
+    def add_tombstones(self, fids) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO tombstones (fid) VALUES (?)", ((int(f),) for f in fids))
+
+    def tombstones(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT fid FROM tombstones")}
+
+    def clear_tombstones(self) -> None:
+        self.conn.execute("DELETE FROM tombstones")
+
+    def file_bytes(self) -> int:
+        import os
+
+        path = self.db.conn.execute("PRAGMA database_list").fetchone()[2]
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))

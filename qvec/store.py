@@ -1,0 +1,722 @@
+"""The store: a directory holding a SQLite database (rows, metadata, settings, the log of
+vectors since the last checkpoint), a FAISS index file, and optionally the original
+vectors memory-mapped for rescoring.
+
+Durability: each add/upsert/delete call is one SQLite transaction that records the rows
+*and* the vectors (the write-ahead log). The index in RAM is saved to a new file, named
+with its checksum in SQLite, at checkpoints (on close, after training, and when the log
+grows); reopening loads the named file and replays the log after it. A crash at any
+point therefore leaves every id either fully present or fully absent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+import faiss
+
+from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder
+from .errors import (
+    CorruptStore,
+    DimensionMismatch,
+    DuplicateId,
+    IdNotFound,
+    IncompatibleStore,
+    InvalidInput,
+    NotTrained,
+    SettingsConflict,
+    StoreLocked,
+    StoreNotFound,
+)
+from .index import VectorIndex
+from .metadata import MetadataDB, dump_metadata
+from .originals import Originals
+from .quantization import DEFAULT_RANGE_STAT, IndexKind, Quantization, Settings
+
+__all__ = ["open", "Store", "Hit", "Item", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+DB_FILE = "qvec.sqlite"
+ORIGINALS_FILE = "originals.f32"
+LOCK_FILE = "write.lock"
+SEARCH_PARAMS = ("nprobe", "ef_search", "oversample")
+DEFAULT_OVERSAMPLE = 4
+# A filter matching at most this many rows is scored exactly over just those rows:
+# faster than walking a graph or probing lists for a handful, and never misses one.
+EXACT_FILTER_ROWS = 4096
+TRAIN_SAMPLE = 200_000
+_UNSET: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result. ``score`` is the similarity (cosine/ip: higher is closer) or the
+    squared L2 distance (l2; Hamming distance for unrescored binary: lower is closer)."""
+
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A stored row, as ``get`` returns it."""
+
+    id: str
+    text: str | None
+    metadata: dict = field(default_factory=dict)
+
+
+def open(
+    path: str | os.PathLike,
+    *,
+    quantization: str | None = _UNSET,
+    index: str | None = _UNSET,
+    metric: str | None = _UNSET,
+    model: str | None = _UNSET,
+    rescore: bool | None = _UNSET,
+    dim: int | None = _UNSET,
+    range_stat: str | None = _UNSET,
+    embedder: Embedder | None = None,
+    create: bool = True,
+) -> "Store":
+    """Create the store at ``path``, or reopen it.
+
+    Defaults when creating: quantization="int8", index="flat", metric="cosine",
+    model="all-MiniLM-L6-v2", rescore=False; dim comes from the first vectors added (or the
+    model). When reopening, settings come from the store; one given that differs is a
+    ``SettingsConflict``. ``embedder`` injects any object with ``name``, ``dim``, ``embed``.
+    """
+    requested = {
+        "quantization": None if quantization is None else str(Quantization.parse(quantization)),
+        "index": None if index is None else str(IndexKind.parse(index)),
+        "metric": metric,
+        "model": embedder.name if embedder is not None and model is None else model,
+        "rescore": rescore,
+        "dim": dim,
+        "range_stat": range_stat,
+    }
+    return Store(Path(path), {k: v for k, v in requested.items() if v is not None}, embedder, create)
+
+
+def _as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
+    try:
+        x = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{what} must be numbers, shape (n, dim): {e}") from None
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise InvalidInput(f"{what} must have shape (n, dim), got {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatch(f"store holds {dim}-dim vectors, got {x.shape[1]}: embed with the store's model")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise InvalidInput(f"{what} row {bad} contains NaN or inf: clean or drop it")
+    return np.ascontiguousarray(x)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Store:
+    """A compressed vector store. Use ``qvec.open``; close it (or use ``with``)."""
+
+    def __init__(self, path: Path, requested: dict, embedder: Embedder | None, create: bool):
+        self.path = path
+        if path.exists() and not path.is_dir():
+            raise StoreNotFound(f"{path} is a file, not a qvec store: pass a directory path")
+        db_path = path / DB_FILE
+        if not db_path.exists():
+            if not create:
+                raise StoreNotFound(f"no qvec store at {path}: create it with qvec.open(path) or `qvec build`")
+            if path.exists() and any(path.iterdir()):
+                raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
+            path.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock()
+        self.db = MetadataDB(db_path)
+        try:
+            self._load(requested, embedder)
+        except BaseException:
+            self.db.close()
+            self._release_lock()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+    def _acquire_lock(self):
+        f = builtins_open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreLocked(f"{self.path} is open for writing in another process: close it there first") from None
+        return f
+
+    def _release_lock(self):
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _load(self, requested: dict, embedder: Embedder | None) -> None:
+        db = self.db
+        try:
+            fresh = not db.has_schema()
+            if fresh:
+                with db.transaction():
+                    db.create_schema()
+                    db.put_settings({"format_version": FORMAT_VERSION, "next_fid": 0})
+            meta = db.get_settings()
+        except Exception as e:  # sqlite3.DatabaseError: not a database, malformed ...
+            raise CorruptStore(f"{self.path / DB_FILE} is not a readable qvec database ({e})") from None
+        version = meta.get("format_version")
+        if not isinstance(version, int):
+            raise CorruptStore(f"{self.path / DB_FILE} has no format version: not a qvec store")
+        if version > FORMAT_VERSION:
+            raise IncompatibleStore(
+                f"store format {version} is newer than this qvec reads ({FORMAT_VERSION}): upgrade qvec"
+            )
+        self._meta = meta
+        self._requested = requested
+        self._embedder = embedder
+        self.settings: Settings | None = None
+        self._index: VectorIndex | None = None
+        self._pending: dict[int, np.ndarray] = {}
+        self._log_rows = 0
+        if "settings" in meta:
+            self.settings = Settings.from_json(meta["settings"])
+            self._check_conflicts(requested)
+            self._load_index()
+        else:
+            self._validate_requested()
+
+    def _check_conflicts(self, requested: dict) -> None:
+        stored = self.settings.to_json()
+        diffs = [f"{k}={v!r} (store has {stored[k]!r})" for k, v in requested.items() if stored.get(k) != v]
+        if diffs:
+            raise SettingsConflict(
+                f"{self.path} was created with other settings: {', '.join(diffs)}; "
+                "reopen without them, or build a new store"
+            )
+
+    def _validate_requested(self) -> None:
+        if "dim" in self._requested:
+            self._new_settings(self._requested["dim"])  # raises InvalidSpec early, stores nothing
+
+    def _new_settings(self, dim: int) -> Settings:
+        r = self._requested
+        return Settings(
+            dim=int(dim),
+            quantization=Quantization.parse(r.get("quantization", "int8")),
+            index=IndexKind.parse(r.get("index", "flat")),
+            metric=r.get("metric", "cosine"),
+            model=r.get("model", DEFAULT_MODEL),
+            rescore=bool(r.get("rescore", False)),
+            range_stat=r.get("range_stat", DEFAULT_RANGE_STAT),
+        )
+
+    def _ensure_settings(self, dim: int) -> None:
+        if self.settings is None:
+            self.settings = self._new_settings(dim)
+            with self.db.transaction():
+                self.db.put_settings({"settings": self.settings.to_json()})
+            self._index = VectorIndex(self.settings)
+        elif dim != self.settings.dim:
+            raise DimensionMismatch(f"store holds {self.settings.dim}-dim vectors, got {dim}")
+
+    def _load_index(self) -> None:
+        s, meta = self.settings, self._meta
+        threshold = meta.get("binary_threshold")
+        threshold = None if threshold is None else np.asarray(threshold, dtype=np.float32)
+        name = meta.get("index_file")
+        if name:
+            file = self.path / name
+            try:
+                data = file.read_bytes()
+            except FileNotFoundError:
+                raise CorruptStore(f"index file {file} is missing: restore it from a backup") from None
+            if len(data) != meta["index_size"] or _sha256(data) != meta["index_sha256"]:
+                raise CorruptStore(
+                    f"index file {file} fails its checksum ({len(data)} bytes, expected {meta['index_size']}): "
+                    "it was truncated or modified; restore it from a backup"
+                )
+            try:
+                self._index = VectorIndex.deserialize(s, data, threshold)
+            except RuntimeError as e:
+                raise CorruptStore(f"index file {file} cannot be read by FAISS: {str(e).splitlines()[0]}") from None
+        else:
+            self._index = VectorIndex(s, threshold=threshold)
+        self._index.tombstones = self.db.tombstones()
+        for stray in self.path.glob("index-*.faiss*"):
+            if stray.name != name:  # written by a checkpoint that never committed
+                stray.unlink()
+        self._replay(meta.get("checkpoint_seq", 0))
+
+    def _replay(self, after: int) -> None:
+        """Apply the logged adds and deletes made since the saved index was written."""
+        fids, vecs = [], []
+
+        def flush():
+            if fids:
+                self._apply_add(np.asarray(fids, dtype=np.int64), np.stack(vecs))
+                fids.clear()
+                vecs.clear()
+
+        for _, op, fid, blob in self.db.log_entries(after):
+            self._log_rows += 1
+            if op == "add":
+                fids.append(fid)
+                vecs.append(np.frombuffer(blob, dtype=np.float32))
+            else:
+                flush()
+                self._apply_delete([fid])
+        flush()
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            name = self.settings.model if self.settings else self._requested.get("model", DEFAULT_MODEL)
+            self._embedder = SentenceTransformerEmbedder(name or DEFAULT_MODEL)
+        return self._embedder
+
+    @property
+    def is_trained(self) -> bool:
+        return self._index is not None and self._index.is_trained
+
+    def __len__(self) -> int:
+        return self.db.count()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        spec = f"{s.quantization}/{s.index}/{s.metric}" if s else "empty"
+        return f"<qvec.Store {str(self.path)!r} {spec} count={len(self)}>"
+
+    # -- input handling ---------------------------------------------------------------------
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        x = self.embedder.embed(list(texts))
+        if self.settings is not None and x.shape[1] != self.settings.dim:
+            raise DimensionMismatch(
+                f"model {self.embedder.name!r} gives {x.shape[1]}-dim vectors, the store holds "
+                f"{self.settings.dim}-dim: open it with its own model ({self.settings.model!r})"
+            )
+        return x
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.settings.metric == "cosine":
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise InvalidInput(
+                    f"row {int(np.flatnonzero(norms == 0)[0])} is a zero vector: it has no cosine similarity"
+                )
+            x = x / norms
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _queries(self, queries: Any) -> np.ndarray:
+        if isinstance(queries, str):
+            queries = [queries]
+        if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
+            return self._embed(queries) if self.settings else np.zeros((len(queries), 1), np.float32)
+        x = _as_matrix(queries, self.settings.dim if self.settings else None, "queries")
+        return x
+
+    # -- writes -------------------------------------------------------------------------------
+    def add(self, texts=None, *, vectors=None, ids=None, metadata=None) -> list[str]:
+        """Add texts (embedded with the store's model) or vectors (n, dim). Returns the ids.
+        An id that exists already is a ``DuplicateId``: use ``upsert`` to replace."""
+        return self._write(texts, vectors, ids, metadata, upsert=False)
+
+    def upsert(self, texts=None, *, vectors=None, ids=None, metadata=None) -> list[str]:
+        """Like ``add``, but rows whose id exists are replaced."""
+        return self._write(texts, vectors, ids, metadata, upsert=True)
+
+    def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
+        if (texts is None) == (vectors is None):
+            raise InvalidInput("pass either texts or vectors=, not both or neither")
+        if texts is not None:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) or not t.strip():
+                    raise InvalidInput(f"text {i} is {'empty' if isinstance(t, str) else type(t).__name__}: "
+                                       "pass non-empty strings")
+            n = len(texts)
+        else:
+            x = _as_matrix(vectors, self.settings.dim if self.settings else None)
+            n = len(x)
+        if n == 0:
+            raise InvalidInput("nothing to add: the batch is empty")
+        ids = self._check_ids(ids, n)
+        if metadata is None:
+            metas = [None] * n
+        else:
+            metadata = [metadata] if isinstance(metadata, dict) else list(metadata)
+            if len(metadata) != n:
+                raise InvalidInput(f"got {len(metadata)} metadata dicts for {n} rows: pass one per row")
+            metas = [dump_metadata(m) for m in metadata]
+        existing = self.db.fids_of(ids)
+        if existing and not upsert:
+            some = ", ".join(repr(i) for i in list(existing)[:3])
+            raise DuplicateId(f"{len(existing)} id(s) exist already ({some}): use upsert() to replace them")
+        if texts is not None:
+            x = self._embed(texts)
+        self._ensure_settings(x.shape[1])
+        x = self._prepare(x)
+
+        first = int(self.db.get_settings()["next_fid"])
+        fids = np.arange(first, first + n, dtype=np.int64)
+        old = np.fromiter(existing.values(), dtype=np.int64, count=len(existing))
+        if self.settings.rescore:
+            self._originals.write(first, x)
+        with self.db.transaction():
+            if len(old):
+                self.db.delete(old)
+                self.db.log("del", old)
+                if self.is_trained and not self._index.removes_in_place:
+                    self.db.add_tombstones(old)
+            self.db.insert(fids, ids, texts if texts is not None else [None] * n, metas)
+            self.db.log("add", fids, x)
+            self.db.put_settings({"next_fid": first + n})
+        self._log_rows += len(old) + n
+        if len(old):
+            self._apply_delete(old)
+        self._apply_add(fids, x)
+        self._maintain()
+        return ids
+
+    def _check_ids(self, ids, n: int) -> list[str]:
+        if ids is None:
+            return [uuid.uuid4().hex for _ in range(n)]
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        if len(ids) != n:
+            raise InvalidInput(f"got {len(ids)} ids for {n} rows: pass one id per row")
+        for i in ids:
+            if not isinstance(i, str) or not i:
+                raise InvalidInput(f"ids must be non-empty strings, got {i!r}")
+        if len(set(ids)) != n:
+            seen, dup = set(), None
+            for i in ids:
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise DuplicateId(f"id {dup!r} appears twice in one batch: ids must be unique")
+        return ids
+
+    def delete(self, ids) -> int:
+        """Delete rows by id; all or nothing: an unknown id is an ``IdNotFound``."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        found = self.db.fids_of(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
+        fids = np.fromiter(set(found.values()), dtype=np.int64)
+        with self.db.transaction():
+            self.db.delete(fids)
+            self.db.log("del", fids)
+            if self.is_trained and not self._index.removes_in_place:
+                self.db.add_tombstones(fids)
+        self._log_rows += len(fids)
+        self._apply_delete(fids)
+        self._maintain()
+        return len(fids)
+
+    def _apply_add(self, fids: np.ndarray, x: np.ndarray) -> None:
+        if self.is_trained:
+            self._index.add(x, fids)
+        else:
+            self._pending.update(zip(fids.tolist(), x))
+
+    def _apply_delete(self, fids) -> None:
+        if self.is_trained:
+            self._index.remove(fids)
+        else:
+            for f in fids:
+                self._pending.pop(int(f), None)
+
+    def _maintain(self) -> None:
+        """Train once enough vectors wait; checkpoint when the log has grown; compact HNSW."""
+        s = self.settings
+        if s is None:
+            return
+        if not self.is_trained and len(self._pending) >= s.train_size:
+            self.train()
+            return
+        if not self.is_trained:
+            return
+        idx = self._index
+        if len(idx.tombstones) > max(1_000, idx.ntotal // 5):
+            self.checkpoint(compact=True)
+        elif self._log_rows >= max(10_000, idx.ntotal // 4):
+            self.checkpoint()
+
+    def train(self, vectors=None) -> None:
+        """Train the codes (scales, codebooks, centroids) on ``vectors`` or on the vectors
+        waiting in the store, then index every waiting vector."""
+        if self.settings is None and vectors is None:
+            raise NotTrained("the store is empty: add vectors first, or pass vectors to train on")
+        if vectors is not None:
+            x = _as_matrix(vectors, self.settings.dim if self.settings else None)
+            self._ensure_settings(x.shape[1])
+            x = self._prepare(x)
+        else:
+            x = np.stack(list(self._pending.values())) if self._pending else np.zeros((0, self.settings.dim), np.float32)
+        need = self.settings.min_train_size
+        if len(x) < need:
+            raise NotTrained(
+                f"{self.settings.quantization}/{self.settings.index} needs at least {need} vectors to train, "
+                f"got {len(x)}: add more, or pass vectors= to train()"
+            )
+        if self.is_trained:
+            raise NotTrained("the store is trained already; build a new store to retrain")
+        if len(x) > TRAIN_SAMPLE:
+            x = x[np.random.default_rng(0).choice(len(x), TRAIN_SAMPLE, replace=False)]
+        self._index.train(x)
+        if self._pending:
+            fids = np.fromiter(self._pending.keys(), dtype=np.int64)
+            self._index.add(np.stack(list(self._pending.values())), fids)
+            self._pending.clear()
+        self.checkpoint()
+
+    def checkpoint(self, *, compact: bool = False) -> None:
+        """Save the index to a new file and empty the log (done on close and as the log grows).
+        ``compact`` also rebuilds an HNSW graph without its deleted vectors."""
+        if not self.is_trained:
+            return  # untrained vectors live in the log until training
+        if compact and self._index.tombstones:
+            self._compact()
+        seq = self.db.last_seq()
+        data = self._index.serialize()
+        name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
+        tmp = self.path / (name + ".tmp")
+        with builtins_open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / name)
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        values = {"index_file": name, "index_size": len(data), "index_sha256": _sha256(data), "checkpoint_seq": seq}
+        if self._index.threshold is not None:
+            values["binary_threshold"] = self._index.threshold.tolist()
+        with self.db.transaction():
+            self.db.put_settings(values)
+            self.db.truncate_log(seq)
+            if compact:
+                self.db.clear_tombstones()
+        self._log_rows = 0
+        for old in self.path.glob("index-*.faiss"):
+            if old.name != name:
+                old.unlink()
+
+    def _compact(self) -> None:
+        live = self.db.all_fids()
+        idx = self._index
+        x = self._originals.read(live) if self.settings.rescore else idx.reconstruct(live)
+        clone = faiss.clone_index(idx.index)
+        clone.reset()
+        fresh = VectorIndex(self.settings, clone, idx.threshold)
+        fresh.add(x, live)
+        self._index = fresh
+
+    @property
+    def _originals(self) -> Originals:
+        return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, ids):
+        """The stored row(s): ``get("a")`` → Item, ``get(["a", "b"])`` → [Item, Item]."""
+        single = isinstance(ids, str)
+        ids = [ids] if single else list(ids)
+        rows = self.db.rows_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
+        items = [Item(i, rows[i][1], json_loads(rows[i][2])) for i in ids]
+        return items[0] if single else items
+
+    def ids(self) -> list[str]:
+        return self.db.ids()
+
+    def search(self, query, k: int = 10, *, where=None, include=("text", "metadata"), **params) -> list[Hit]:
+        """The k nearest rows to a text or a vector, best first."""
+        if isinstance(query, str):
+            return self.search_batch([query], k, where=where, include=include, **params)[0]
+        x = np.asarray(query)
+        if x.ndim != 1:
+            raise InvalidInput(f"search() takes one query (a string or a 1-D vector), got shape {x.shape}: "
+                               "use search_batch() for several")
+        return self.search_batch(x[None, :], k, where=where, include=include, **params)[0]
+
+    def search_batch(self, queries, k: int = 10, *, where=None, include=("text", "metadata"), **params):
+        """search() for a list of strings or an (nq, dim) array: one list of Hits per query.
+        params: nprobe (ivf), ef_search (hnsw), oversample (rescore: candidates = k × oversample)."""
+        unknown = set(params) - set(SEARCH_PARAMS)
+        if unknown:
+            raise InvalidInput(f"unknown search parameter(s) {sorted(unknown)}: expected {', '.join(SEARCH_PARAMS)}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        include = tuple(include or ())
+        if set(include) - {"text", "metadata"}:
+            raise InvalidInput(f"include takes 'text' and/or 'metadata', got {include!r}")
+        oversample = params.get("oversample") or DEFAULT_OVERSAMPLE
+        if not isinstance(oversample, int) or oversample < 1:
+            raise InvalidInput(f"oversample must be an integer >= 1, got {oversample!r}")
+        xq = self._queries(queries)
+        allowed = None
+        if where is not None:
+            allowed = self.db.where_fids(where)  # validates the filter even on an empty store
+        if self.settings is None:
+            return [[] for _ in range(len(xq))]
+        xq = self._prepare(xq)
+        if allowed is not None and not len(allowed):
+            return [[] for _ in range(len(xq))]
+        D, I = self._candidates(xq, int(k), allowed, oversample, params)
+        return self._hits(D, I, include)
+
+    def _candidates(self, xq, k, allowed, oversample, params):
+        s, idx = self.settings, self._index
+        if not self.is_trained:
+            fids = np.fromiter(self._pending.keys(), dtype=np.int64)
+            if allowed is not None:
+                fids = np.intersect1d(fids, allowed)
+            x = np.stack([self._pending[f] for f in fids.tolist()]) if len(fids) else None
+            return self._exact(xq, k, fids, x)
+        if allowed is not None and len(allowed) <= EXACT_FILTER_ROWS and not idx.binary:
+            if s.rescore:
+                return self._exact(xq, k, allowed, self._originals.read(allowed))
+            if not idx.is_ivf:
+                return self._exact(xq, k, allowed, idx.reconstruct(allowed))
+            params = dict(params, nprobe=idx.nlist)  # every list, only the allowed codes scored
+        kc = k * oversample if s.rescore else k
+        D, I = idx.search(xq, kc, allowed=allowed, nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
+        if s.rescore:
+            D, I = self._rescore(xq, I, k)
+        return D, I
+
+    def _exact(self, xq, k, fids, x):
+        """Exact top-k of xq over the rows x (whose fids are given), via faiss.knn."""
+        if x is None or not len(fids):
+            return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
+        metric = faiss.METRIC_L2 if self.settings.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        kk = min(k, len(fids))
+        D, pos = faiss.knn(xq, np.ascontiguousarray(x, dtype=np.float32), kk, metric=metric)
+        return D, np.where(pos >= 0, fids[np.maximum(pos, 0)], -1)
+
+    def _rescore(self, xq, I, k):
+        """Re-rank candidate fids by exact scores against the original vectors."""
+        valid = I >= 0
+        flat = np.unique(I[valid])
+        orig = self._originals.read(flat)
+        cand = orig[np.searchsorted(flat, np.where(valid, I, flat[0] if len(flat) else 0))]
+        if self.settings.metric == "l2":
+            scores = ((cand - xq[:, None, :]) ** 2).sum(-1)
+            scores[~valid] = np.inf
+            order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+        else:
+            scores = np.einsum("qcd,qd->qc", cand, xq)
+            scores[~valid] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        D = np.take_along_axis(scores, order, 1).astype(np.float32)
+        return D, np.take_along_axis(np.where(valid, I, -1), order, 1)
+
+    def _hits(self, D, I, include) -> list[list[Hit]]:
+        cols = ", ".join(("id",) + include)
+        rows = self.db.rows(np.unique(I[I >= 0]), cols)
+        want_text, want_meta = "text" in include, "metadata" in include
+        out = []
+        for drow, irow in zip(D.tolist(), I.tolist()):
+            hits = []
+            for score, fid in zip(drow, irow):
+                r = rows.get(fid)
+                if r is None:  # -1 padding, or a tombstone FAISS still returned
+                    continue
+                hits.append(Hit(
+                    r[0],
+                    float(score),
+                    r[1] if want_text else None,
+                    json_loads(r[-1]) if want_meta else None,
+                ))
+            out.append(hits)
+        return out
+
+    # -- accounting ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counts, settings, memory per vector (measured from the index), compression vs FP32,
+        disk use by file and the trained scales/codebooks."""
+        s, idx = self.settings, self._index
+        out: dict[str, Any] = {"path": str(self.path), "count": len(self), "format_version": FORMAT_VERSION}
+        if s is None:
+            return out | {"dim": None, "trained": False}
+        out |= {
+            "dim": s.dim,
+            "quantization": str(s.quantization),
+            "index": str(s.index),
+            "metric": s.metric,
+            "model": s.model,
+            "rescore": s.rescore,
+            "range_stat": s.range_stat if s.quantization.kind in ("int8", "int4") else None,
+            "trained": self.is_trained,
+            "pending_untrained": len(self._pending),
+            "tombstones": len(idx.tombstones),
+            "log_rows": self._log_rows,
+            "fp32_bytes_per_vector": 4 * s.dim,
+        }
+        if self.is_trained and idx.ntotal:
+            bpv = idx.bytes_per_vector()
+            out |= {"bytes_per_vector": bpv, "compression": 4 * s.dim / bpv, "fixed_bytes": idx.fixed_bytes()}
+        else:
+            out |= {"bytes_per_vector": None, "compression": None, "fixed_bytes": None}
+        index_file = self._meta_value("index_file")
+        disk = {
+            "index": (self.path / index_file).stat().st_size if index_file and (self.path / index_file).exists() else 0,
+            "originals": self._originals.nbytes(),
+            "sqlite": self.db.file_bytes(),
+        }
+        disk["total"] = sum(disk.values())
+        out["disk_bytes"] = disk
+        out["trained_parameters"] = idx.trained_parameters() if self.is_trained else {}
+        return out
+
+    def _meta_value(self, key):
+        return self.db.get_settings().get(key)
+
+    def close(self) -> None:
+        """Checkpoint the index and release the store."""
+        if self._lock is None:
+            return
+        try:
+            if self._log_rows and self.is_trained:
+                self.checkpoint()
+        finally:
+            self.db.close()
+            self._release_lock()
+
+
+def json_loads(text):
+    import json
+
+    return json.loads(text) if text else {}
+
+
+import builtins  # noqa: E402  (kept apart: this module defines its own open())
+
+builtins_open = builtins.open
