@@ -174,20 +174,22 @@ class VectorIndex:
         return min(n, max(8, n // 32))
 
     def _selector(self, allowed: np.ndarray | None):
-        """An ID selector from a bitmap over fids: one bit per fid, O(1) per test.
+        """An ID selector from a bitmap over fids: one bit per fid, O(1) per test
+        (FAISS bounds-checks ids against the bitmap's byte length).
         Returns (selector, buffers the selector points into, to keep alive)."""
         dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
         if allowed is None:
             if not len(dead):
                 return None, None
             bits = _bitmap(dead)
-            dead_sel = faiss.IDSelectorBitmap(int(dead.max()) + 1, faiss.swig_ptr(bits))
+            dead_sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
             return faiss.IDSelectorNot(dead_sel), (bits, dead_sel)
         allowed = np.asarray(allowed, dtype=np.int64)
         if len(dead):
             allowed = np.setdiff1d(allowed, dead)
         bits = _bitmap(allowed)
-        return faiss.IDSelectorBitmap(int(allowed.max()) + 1 if len(allowed) else 0, faiss.swig_ptr(bits)), bits
+        # IDSelectorBitmap's n is the bitmap's length in bytes, not in bits.
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
     # -- decoding ---------------------------------------------------------------------
     def reconstruct(self, fids: np.ndarray) -> np.ndarray:

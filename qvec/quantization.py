@@ -76,7 +76,9 @@ class Quantization:
             return "Flat"
         if self.kind in _SQ:
             return _SQ[self.kind]
-        return f"PQ{self.m}"
+        # "np": no polysemous training, which the factory otherwise runs for minutes
+        # and which only Hamming pre-filtering (unused here) benefits from.
+        return f"PQ{self.m}np"
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,10 @@ class Store:
         waiting in the store, then index every waiting vector."""
         if self.settings is None and vectors is None:
             raise NotTrained("the store is empty: add vectors first, or pass vectors to train on")
+        if self.is_trained:
+            if vectors is not None and self.settings.needs_training:
+                raise NotTrained("the store is trained already: build a new store to retrain")
+            return  # nothing to learn (fp32/fp16/bf16 flat or hnsw), or done already
         if vectors is not None:
             x = _as_matrix(vectors, self.settings.dim if self.settings else None)
             self._ensure_settings(x.shape[1])
@@ -482,8 +486,6 @@ class Store:
                 f"{self.settings.quantization}/{self.settings.index} needs at least {need} vectors to train, "
                 f"got {len(x)}: add more, or pass vectors= to train()"
             )
-        if self.is_trained:
-            raise NotTrained("the store is trained already; build a new store to retrain")
         if len(x) > TRAIN_SAMPLE:
             x = x[np.random.default_rng(0).choice(len(x), TRAIN_SAMPLE, replace=False)]
         self._index.train(x)
