@@ -1,0 +1,160 @@
+"""Errors a user can cause: one clear QvecError each, and the store keeps what it held."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+import qvec
+from qvec.metadata import compile_where
+from qvec.quantization import IndexKind, Quantization
+
+
+@pytest.fixture
+def store(tmp_path, corpus):
+    xb = corpus[1]
+    s = qvec.open(tmp_path / "s", quantization="int8")
+    s.add(vectors=xb, ids=[str(i) for i in range(len(xb))], metadata=[{"n": i} for i in range(len(xb))])
+    s.train()
+    yield s
+    s.close()
+
+
+def unchanged(store, n):
+    assert len(store) == n
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda s, x: s.add(vectors=x[:2, :100]), qvec.DimensionMismatch, "store holds 384-dim vectors, got 100"),
+        (lambda s, x: s.add(vectors=np.where(np.arange(384) == 5, np.nan, x[:3])), qvec.InvalidInput, "NaN or inf"),
+        (lambda s, x: s.add(vectors=np.zeros((0, 384))), qvec.InvalidInput, "the batch is empty"),
+        (lambda s, x: s.add(["ok", "  "]), qvec.InvalidInput, "text 1 is empty"),
+        (lambda s, x: s.add(vectors=x[:1], ids=["0"]), qvec.DuplicateId, "use upsert() to replace"),
+        (lambda s, x: s.add(vectors=x[:2], ids=["a", "a"]), qvec.DuplicateId, "appears twice in one batch"),
+        (lambda s, x: s.add(vectors=x[:1], ids=[7]), qvec.InvalidInput, "ids must be non-empty strings"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[{"t": object()}]), qvec.InvalidInput, "JSON-serialisable"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[{"t": float("nan")}]), qvec.InvalidInput, "JSON-serialisable"),
+        (lambda s, x: s.search(x[0], k=0), qvec.InvalidInput, "k must be a positive integer"),
+        (lambda s, x: s.search(x[0], where={"n": {"$regex": "a"}}), qvec.InvalidFilter, "unknown operator '$regex'"),
+        (lambda s, x: s.search(x[0], where={"n": {"$in": 3}}), qvec.InvalidFilter, "takes a list"),
+        (lambda s, x: s.search(x[0], where={"n": {"$gt": [1]}}), qvec.InvalidFilter, "needs a string, number"),
+        (lambda s, x: s.search(x[0], where="n = 1"), qvec.InvalidFilter, "where must be a dict"),
+        (lambda s, x: s.search(x[0], nprobes=3), qvec.InvalidInput, "unknown search parameter"),
+        (lambda s, x: s.delete(["0", "nope"]), qvec.IdNotFound, "'nope'"),
+        (lambda s, x: s.get(["nope"]), qvec.IdNotFound, "not in the store"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(store, corpus, call, error, message):
+    n = len(store)
+    with pytest.raises(error) as e:
+        call(store, corpus[1])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    unchanged(store, n)
+    assert store.get("0").metadata == {"n": 0}  # "0" survives a failed delete of ["0", "nope"]
+
+
+def test_k_larger_than_count_returns_count_hits(store, corpus):
+    assert len(store.search(corpus[3][0], k=10_000)) == len(store)
+
+
+def test_sql_in_filters_is_just_a_value(store, corpus):
+    evil = "x' OR 1=1 --"
+    assert store.search(corpus[3][0], where={"n": evil}) == []
+    assert store.search(corpus[3][0], where={evil: 1}) == []
+    assert len(store) == len(corpus[1])
+
+
+def test_filter_operators(store, corpus):
+    q = corpus[3][0]
+
+    def ns(where):
+        return sorted(h.metadata["n"] for h in store.search(q, k=1000, where=where))
+
+    assert ns({"n": {"$gte": 10, "$lt": 13}}) == [10, 11, 12]
+    assert ns({"n": {"$in": [1, 5, 700]}}) == [1, 5]
+    assert ns({"$or": [{"n": 1}, {"n": {"$lte": 0}}]}) == [0, 1]
+    assert ns({"$and": [{"n": {"$gt": 3}}, {"n": {"$lt": 6}}, {"n": {"$ne": 4}}]}) == [5]
+    assert len(ns({"n": {"$nin": [0, 1]}})) == len(store) - 2
+    assert ns({"n": {"$in": []}}) == []
+    sql, params = compile_where({"a": "x' OR 1=1 --"})
+    assert "OR 1=1" not in sql and "x' OR 1=1 --" in params
+
+
+def test_unknown_specs_list_the_valid_ones(tmp_path):
+    with pytest.raises(qvec.InvalidSpec, match="expected one of fp32, fp16, bf16, int8, int4"):
+        qvec.open(tmp_path / "a", quantization="int3")
+    with pytest.raises(qvec.InvalidSpec, match="e.g. ivf1024 or hnsw32"):
+        qvec.open(tmp_path / "b", index="lsh")
+    with pytest.raises(qvec.InvalidSpec, match="does not divide the dimension 384: use pq with one of"):
+        qvec.open(tmp_path / "c", quantization="pq40", dim=384)
+    assert Quantization.parse("PQ48") == Quantization("pq", 48) and IndexKind.parse("hnsw") == IndexKind("hnsw", 32)
+
+
+def test_missing_store_and_not_a_store(tmp_path):
+    with pytest.raises(qvec.StoreNotFound, match="no qvec store at"):
+        qvec.open(tmp_path / "nothing", create=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("hello")
+    with pytest.raises(qvec.StoreNotFound, match="non-empty directory but not a qvec store"):
+        qvec.open(tmp_path / "full")
+
+
+def test_conflicting_settings_on_reopen(store):
+    path = store.path
+    store.close()
+    with pytest.raises(qvec.SettingsConflict, match=r"quantization='pq48' \(store has 'int8'\)"):
+        qvec.open(path, quantization="pq48")
+    with qvec.open(path, quantization="int8") as s:  # agreeing settings are fine
+        assert s.stats()["quantization"] == "int8"
+
+
+def test_second_writer_is_refused(store):
+    with pytest.raises(qvec.StoreLocked, match="open for writing in another process"):
+        qvec.open(store.path)
+
+
+def test_corrupt_index_file_is_detected_before_faiss_reads_it(store):
+    path, n = store.path, len(store)
+    store.close()
+    (index_file,) = path.glob("index-*.faiss")
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one flipped bit
+    index_file.write_bytes(bytes(data))
+    with pytest.raises(qvec.CorruptStore, match="fails its checksum"):
+        qvec.open(path)
+    index_file.write_bytes(bytes(data[:100]))  # truncated
+    with pytest.raises(qvec.CorruptStore, match="truncated or modified"):
+        qvec.open(path)
+    assert n > 0
+
+
+def test_newer_format_is_refused(store):
+    path = store.path
+    store.close()
+    con = sqlite3.connect(path / "qvec.sqlite")
+    con.execute("UPDATE settings SET value = ? WHERE key = 'format_version'", (json.dumps(99),))
+    con.commit()
+    con.close()
+    with pytest.raises(qvec.IncompatibleStore, match="store format 99 is newer"):
+        qvec.open(path)
+
+
+def test_another_model_dimension_is_a_clear_error(tmp_path, corpus, model):
+    with qvec.open(tmp_path / "s", dim=100, quantization="fp32", embedder=model) as s:
+        s.add(vectors=np.ones((3, 100)))
+        with pytest.raises(qvec.DimensionMismatch, match="gives 384-dim vectors, the store holds 100-dim"):
+            s.add(["a text"])
+        with pytest.raises(qvec.DimensionMismatch):
+            s.search("a query")
+
+
+def test_errors_subclass_value_error_where_input_is_at_fault():
+    assert issubclass(qvec.InvalidFilter, ValueError) and issubclass(qvec.DimensionMismatch, ValueError)
+    assert issubclass(qvec.IdNotFound, KeyError) and issubclass(qvec.StoreNotFound, FileNotFoundError)
+    assert set(qvec.__all__) >= {"open", "Store", "Hit", "QvecError"}
+    assert all(hasattr(qvec, name) for name in qvec.__all__)
