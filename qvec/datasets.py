@@ -90,3 +90,16 @@ def fortunes(directory: str | os.PathLike = FORTUNES_DIR) -> list[str]:
             if len(cookie) >= 20:
                 out.append(cookie)
     return out
+
+
+if __name__ == "__main__":
+    # python -m qvec.datasets pydoc|gcide|fortunes [LIMIT]: one document per line, for `qvec build`.
+    import sys
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "pydoc"
+    loaders = {"pydoc": pydoc_paragraphs, "gcide": gcide_definitions, "fortunes": fortunes}
+    if name not in loaders:
+        raise SystemExit(f"unknown corpus {name!r}: expected one of {', '.join(loaders)}")
+    docs = loaders[name]()
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 else len(docs)
+    sys.stdout.write("".join(d.replace("\n", " ") + "\n" for d in docs[:limit]))

@@ -56,6 +56,9 @@ def _load(name: str):
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             try:
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # "Loading weights" on every open is noise
 
                 _models[name] = SentenceTransformer(resolve_model_path(name), device="cpu")
             except Exception as e:  # a missing model surfaces as many different errors

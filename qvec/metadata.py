@@ -170,6 +170,9 @@ class MetadataDB:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
+        # Freed pages (the log empties at every checkpoint) go back to the file system.
+        # Takes effect only on a new database, and only before the journal mode is set.
+        self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss too
         self.db.execute("PRAGMA busy_timeout = 10000")
@@ -280,6 +283,12 @@ class MetadataDB:
 
     def truncate_log(self, upto: int) -> None:
         self.conn.execute("DELETE FROM wal WHERE seq <= ?", (upto,))
+
+    def reclaim(self) -> None:
+        """Give the space of emptied log rows back: outside any transaction."""
+        # executescript steps the pragma to completion; execute() frees only one page.
+        self.conn.executescript("PRAGMA incremental_vacuum;")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- tombstones
     def add_tombstones(self, fids) -> None:

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import os
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -486,6 +487,12 @@ class Store:
                 f"{self.settings.quantization}/{self.settings.index} needs at least {need} vectors to train, "
                 f"got {len(x)}: add more, or pass vectors= to train()"
             )
+        if len(x) < self.settings.train_size:
+            warnings.warn(
+                f"training {self.settings.quantization}/{self.settings.index} on {len(x)} vectors; "
+                f"{self.settings.train_size} or more give better codes",
+                stacklevel=2,
+            )
         if len(x) > TRAIN_SAMPLE:
             x = x[np.random.default_rng(0).choice(len(x), TRAIN_SAMPLE, replace=False)]
         self._index.train(x)
@@ -528,6 +535,7 @@ class Store:
         for old in self.path.glob("index-*.faiss"):
             if old.name != name:
                 old.unlink()
+        self.db.reclaim()
 
     def _compact(self) -> None:
         live = self.db.all_fids()
