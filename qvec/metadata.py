@@ -87,38 +87,42 @@ def dump_metadata(meta: Any) -> str:
 
 
 # -- filters ----------------------------------------------------------------------------
+# A filter compiles to a SELECT of matching fids built from set operations over index
+# range scans of meta_kv (INTERSECT for $and, UNION for $or, EXCEPT for $ne/$nin), so a
+# filter matching 10% of rows reads those rows' index entries, not the whole table.
+_ALL = "SELECT fid FROM items"
+
+
 def compile_where(where: dict) -> tuple[str, list]:
-    """A boolean SQL expression over ``items.fid`` with its parameters."""
+    """A SELECT of the fids matching ``where``, with its parameters."""
     if not isinstance(where, dict):
         raise InvalidFilter(f"where must be a dict such as {{'lang': 'en'}}, got {type(where).__name__}")
-    parts, params = [], []
+    parts: list[tuple[str, list]] = []
     for key, cond in where.items():
         if not isinstance(key, str):
             raise InvalidFilter(f"filter field names must be strings, got {key!r}")
         if key in ("$and", "$or"):
             if not isinstance(cond, list) or not cond:
                 raise InvalidFilter(f"{key} takes a non-empty list of filters, got {cond!r}")
-            subs = [compile_where(c) for c in cond]
-            joiner = " AND " if key == "$and" else " OR "
-            parts.append("(" + joiner.join(s for s, _ in subs) + ")")
-            for _, p in subs:
-                params += p
+            parts.append(_combine([compile_where(c) for c in cond], "INTERSECT" if key == "$and" else "UNION"))
         elif key.startswith("$"):
             raise InvalidFilter(f"unknown operator {key!r} at field level: use one of $and, $or")
         elif isinstance(cond, dict):
             if not cond:
                 raise InvalidFilter(f"empty condition for field {key!r}")
-            for op, value in cond.items():
-                sql, p = _compile_op(key, op, value)
-                parts.append(sql)
-                params += p
+            parts += [_compile_op(key, op, value) for op, value in cond.items()]
         else:
-            sql, p = _compile_op(key, "$eq", cond)
-            parts.append(sql)
-            params += p
+            parts.append(_compile_op(key, "$eq", cond))
     if not parts:
-        return "1", []
-    return "(" + " AND ".join(parts) + ")", params
+        return _ALL, []
+    return _combine(parts, "INTERSECT")
+
+
+def _combine(parts: list[tuple[str, list]], op: str) -> tuple[str, list]:
+    if len(parts) == 1:
+        return parts[0]
+    sql = f" {op} ".join(f"SELECT fid FROM ({p})" for p, _ in parts)
+    return sql, [x for _, params in parts for x in params]
 
 
 def _scalar(field: str, op: str, value: Any) -> tuple[str, Any]:
@@ -137,26 +141,29 @@ def _member(field: str, pairs: list[tuple[str, Any]]) -> tuple[str, list]:
     params: list = [field]
     for t, v in pairs:
         params += [t, v]
-    return f"fid IN (SELECT fid FROM meta_kv WHERE key = ? AND ({cond}))", params
+    return f"SELECT fid FROM meta_kv WHERE key = ? AND ({cond})", params
+
+
+def _negate(part: tuple[str, list]) -> tuple[str, list]:
+    return f"{_ALL} EXCEPT SELECT fid FROM ({part[0]})", part[1]
 
 
 def _compile_op(field: str, op: str, value: Any) -> tuple[str, list]:
     if op in ("$eq", "$ne"):
-        sql, p = _member(field, [_scalar(field, op, value)])
-        return (sql if op == "$eq" else f"NOT {sql}"), p
+        part = _member(field, [_scalar(field, op, value)])
+        return part if op == "$eq" else _negate(part)
     if op in ("$in", "$nin"):
         if not isinstance(value, (list, tuple)):
             raise InvalidFilter(f"{op} on {field!r} takes a list, got {type(value).__name__}")
         if not value:
-            return ("0" if op == "$in" else "1"), []
-        sql, p = _member(field, [_scalar(field, op, v) for v in value])
-        return (sql if op == "$in" else f"NOT {sql}"), p
+            return (f"{_ALL} WHERE 0" if op == "$in" else _ALL), []
+        part = _member(field, [_scalar(field, op, v) for v in value])
+        return part if op == "$in" else _negate(part)
     if op in _CMP:
         t, v = _scalar(field, op, value)
         if t not in ("n", "s"):
             raise InvalidFilter(f"{op} on {field!r} compares numbers or strings, got {value!r}")
-        sql = f"fid IN (SELECT fid FROM meta_kv WHERE key = ? AND type = ? AND value {_CMP[op]} ?)"
-        return sql, [field, t, v]
+        return f"SELECT fid FROM meta_kv WHERE key = ? AND type = ? AND value {_CMP[op]} ?", [field, t, v]
     raise InvalidFilter(f"unknown operator {op!r} on {field!r}: expected one of {', '.join(OPERATORS)}")
 
 
@@ -176,6 +183,10 @@ class MetadataDB:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss too
         self.db.execute("PRAGMA busy_timeout = 10000")
+        # Filters read thousands of index entries per query: serve them from memory
+        # (64 MB page cache, reads through mmap) rather than one pread per page.
+        self.db.execute("PRAGMA cache_size = -65536")
+        self.db.execute("PRAGMA mmap_size = 1073741824")
 
     def create_schema(self) -> None:
         # Statement by statement: executescript() would COMMIT the caller's transaction.
@@ -258,9 +269,16 @@ class MetadataDB:
         return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items ORDER BY fid")), dtype=np.int64)
 
     def where_fids(self, where: dict) -> np.ndarray:
+        """Sorted unique fids matching ``where`` (a list field can match one fid twice)."""
         sql, params = compile_where(where)
-        cur = self.conn.execute(f"SELECT fid FROM items WHERE {sql} ORDER BY fid", params)
-        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+        # One string for all fids: 10K rows come back ~5x faster than row by row.
+        (text,) = self.conn.execute(f"SELECT group_concat(fid) FROM ({sql})", params).fetchone()
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        fids = np.fromstring(text, dtype=np.int64, sep=",")
+        if len(fids) > 1 and not (fids[1:] > fids[:-1]).all():  # one index range comes sorted
+            fids = np.unique(fids)
+        return fids
 
     # -- write-ahead log of vectors
     def log(self, op: str, fids, vectors: np.ndarray | None = None) -> None:
