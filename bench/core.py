@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import faiss
+import numpy as np
 
 import qvec
 from qvec.metrics import exact_knn, recall_at_k

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
-from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError
+from .errors import InvalidFilter, InvalidSpec, QvecError
 
 USAGE_ERRORS = (InvalidSpec, InvalidFilter)
 
@@ -112,7 +112,8 @@ def _batches(it, n):
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--quantization", "-q", default=None, help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, binary")
+@click.option("--quantization", "-q", default=None,
+              help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, binary")
 @click.option("--index", default=None, help="flat (default), ivf{nlist}, hnsw{M}")
 @click.option("--model", default=None, help="sentence-transformers name or path (default all-MiniLM-L6-v2)")
 @click.option("--text-field", default="text", show_default=True)
@@ -263,7 +264,8 @@ def info(ctx, store, as_json):
             "trained      " + ("yes" if st["trained"] else f"no ({st['pending_untrained']} vectors wait)"),
         ]
         if st["bytes_per_vector"]:
-            lines.append(f"memory       {st['bytes_per_vector']:.1f} bytes/vector (FP32: {st['fp32_bytes_per_vector']}), "
+            lines.append(f"memory       {st['bytes_per_vector']:.1f} bytes/vector "
+                         f"(FP32: {st['fp32_bytes_per_vector']}), "
                          f"{st['compression']:.2f}x compression, {st['fixed_bytes']} fixed bytes")
         d = st["disk_bytes"]
         lines.append(f"disk         index {d['index']:,} B, originals {d['originals']:,} B, "

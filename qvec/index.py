@@ -15,9 +15,8 @@ Choices the FAISS API forces, in one place:
 
 from __future__ import annotations
 
-import numpy as np
-
 import faiss
+import numpy as np
 
 from .quantization import Settings
 
@@ -212,7 +211,7 @@ class VectorIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def deserialize(cls, settings: Settings, data: bytes, threshold: np.ndarray | None) -> "VectorIndex":
+    def deserialize(cls, settings: Settings, data: bytes, threshold: np.ndarray | None) -> VectorIndex:
         buf = np.frombuffer(data, dtype=np.uint8)
         if settings.quantization.kind == "binary":
             index = faiss.deserialize_index_binary(buf)

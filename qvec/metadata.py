@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import sqlite_utils

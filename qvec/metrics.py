@@ -6,9 +6,8 @@ ids (nq, >=k); -1 pads missing results.
 
 from __future__ import annotations
 
-import numpy as np
-
 import faiss
+import numpy as np
 
 __all__ = ["exact_knn", "recall_at_k", "mrr_at_k", "hit_at_k"]
 

@@ -34,7 +34,7 @@ class Quantization:
     m: int = 0
 
     @classmethod
-    def parse(cls, spec: str) -> "Quantization":
+    def parse(cls, spec: str) -> Quantization:
         s = str(spec).strip().lower()
         if s in ("fp32", "float32", "f32", "flat"):
             return cls("fp32")
@@ -90,7 +90,7 @@ class IndexKind:
     param: int = 0
 
     @classmethod
-    def parse(cls, spec: str) -> "IndexKind":
+    def parse(cls, spec: str) -> IndexKind:
         s = str(spec).strip().lower()
         if s == "flat":
             return cls("flat")
@@ -164,7 +164,7 @@ class Settings:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Settings":
+    def from_json(cls, d: dict) -> Settings:
         d = dict(d)
         d["quantization"] = Quantization.parse(d["quantization"])
         d["index"] = IndexKind.parse(d["index"])

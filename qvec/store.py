@@ -16,13 +16,13 @@ import hashlib
 import os
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-import numpy as np
+from typing import Any
 
 import faiss
+import numpy as np
 
 from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder
 from .errors import (
@@ -89,7 +89,7 @@ def open(
     range_stat: str | None = _UNSET,
     embedder: Embedder | None = None,
     create: bool = True,
-) -> "Store":
+) -> Store:
     """Create the store at ``path``, or reopen it.
 
     Defaults when creating: quantization="int8", index="flat", metric="cosine",
@@ -298,7 +298,7 @@ class Store:
     def __len__(self) -> int:
         return self.db.count()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -480,7 +480,7 @@ class Store:
             self._ensure_settings(x.shape[1])
             x = self._prepare(x)
         else:
-            x = np.stack(list(self._pending.values())) if self._pending else np.zeros((0, self.settings.dim), np.float32)
+            x = np.stack(list(self._pending.values())) if self._pending else np.zeros((0, self.settings.dim))
         need = self.settings.min_train_size
         if len(x) < need:
             raise NotTrained(

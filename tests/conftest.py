@@ -47,7 +47,7 @@ def model():
     from qvec.embedder import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder()
-    emb.dim  # load once for the session
+    assert emb.dim == 384  # loads the model once for the session
     return emb
 
 

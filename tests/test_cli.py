@@ -1,0 +1,132 @@
+"""The qvec CLI through click's CliRunner, and once as the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import qvec
+from qvec.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def vectors_file(tmp_path, corpus):
+    np.save(tmp_path / "docs.npy", corpus[1][:300])
+    with open(tmp_path / "docs.jsonl", "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"id": f"p{i}", "metadata": {"n": i, "even": i % 2 == 0}}) + "\n")
+    return tmp_path / "docs.npy"
+
+
+def test_build_from_vectors_is_idempotent_and_summarises(runner, tmp_path, vectors_file):
+    store = str(tmp_path / "v.qvec")
+    r = runner.invoke(main, ["build", store, str(vectors_file), "-q", "int8"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"300 vectors in {store} (+300 added, 0 already stored): 392.0 bytes/vector")
+    assert "3.9x smaller than FP32" in r.output
+    again = runner.invoke(main, ["build", store, str(vectors_file)])
+    assert "(+0 added, 300 already stored)" in again.output
+    with qvec.open(store) as s:
+        assert len(s) == 300 and s.get("p4").metadata == {"n": 4, "even": True}
+
+
+def test_search_info_get_delete_export(runner, tmp_path, corpus, model, monkeypatch):
+    texts = corpus[0][:60]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": t, "lang": "en", "n": i}) + "\n"
+                           for i, t in enumerate(texts)))
+    store = str(tmp_path / "t.qvec")
+    r = runner.invoke(main, ["build", store, str(src), "-q", "fp16", "--metadata-fields", "lang,n", "--quiet"])
+    assert r.exit_code == 0, r.output
+
+    r = runner.invoke(main, ["search", store, texts[5], "-k", "2", "--json", "--where", '{"n": {"$lte": 10}}'])
+    hits = [json.loads(line) for line in r.output.splitlines()]
+    assert r.exit_code == 0 and len(hits) == 2 and hits[0]["id"] == "d5" and hits[0]["metadata"]["lang"] == "en"
+    assert all(h["metadata"]["n"] <= 10 for h in hits)
+
+    table = runner.invoke(main, ["search", store, texts[7], "-k", "1"]).output
+    assert table.startswith(f"query: {texts[7]}\n  1   ") and "d7" in table
+
+    info = runner.invoke(main, ["info", store]).output
+    assert "count        60" in info and "fp16 / flat / cosine, dim 384" in info and "776.0 bytes/vector" in info
+    assert json.loads(runner.invoke(main, ["info", store, "--json"]).output)["count"] == 60
+
+    got = json.loads(runner.invoke(main, ["get", store, "d3"]).output)
+    assert got == {"id": "d3", "text": texts[3], "metadata": {"lang": "en", "n": 3}}
+    assert runner.invoke(main, ["delete", store, "d3", "d4"]).output == "deleted 2\n"
+
+    out = tmp_path / "rows.jsonl"
+    assert runner.invoke(main, ["export", store, str(out)]).exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 58 and rows[0] == {"id": "d0", "text": texts[0], "lang": "en", "n": 0}
+    copy = str(tmp_path / "copy.qvec")
+    r = runner.invoke(main, ["build", copy, str(out), "-q", "fp16", "--metadata-fields", "all", "--quiet"])
+    assert r.exit_code == 0 and "58 vectors" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["info", "{tmp}/missing.qvec"], 1, "Error: no qvec store at {tmp}/missing.qvec: create it with"),
+        (["search", "{store}", "x", "--where", "{bad"], 2, "Error: --where is not valid JSON"),
+        (["search", "{store}", "x", "--where", '{"n": {"$like": 1}}'], 2, "Error: unknown operator '$like'"),
+        (["build", "{tmp}/new.qvec", "{tmp}/docs.npy", "-q", "int3"], 2, "Error: unknown quantization 'int3'"),
+        (["build", "{tmp}/new.qvec", "{tmp}/bad.jsonl"], 2, "Error: bad.jsonl:2: not valid JSON"),
+        (["build", "{store}", "{tmp}/short.npy"], 1, "Error: store holds 384-dim vectors, got 10"),
+        (["delete", "{store}", "nope"], 1, "Error: 1 id(s) not in the store: 'nope'"),
+    ],
+)
+def test_errors_are_one_line_with_exit_status(runner, tmp_path, vectors_file, args, code, message):
+    store = tmp_path / "v.qvec"
+    runner.invoke(main, ["build", str(store), str(vectors_file)])
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "fine"}\n{oops\n')
+    np.save(tmp_path / "short.npy", np.ones((2, 10), dtype=np.float32))
+    def fill(s):
+        return s.replace("{tmp}", str(tmp_path)).replace("{store}", str(store))
+
+    r = runner.invoke(main, [fill(a) for a in args])
+    assert r.exit_code == code, r.output
+    assert fill(message) in r.output and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_a_bad_line_keeps_the_batches_before_it(runner, tmp_path, corpus, model):
+    lines = [json.dumps({"id": f"g{i}", "text": t}) for i, t in enumerate(corpus[0][:20])]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines[:10] + ["{broken"] + lines[10:]) + "\n")
+    r = runner.invoke(main, ["build", str(tmp_path / "s.qvec"), str(tmp_path / "in.jsonl"), "--batch-size", "5"])
+    assert r.exit_code == 2 and "in.jsonl:11: not valid JSON" in r.output
+    with qvec.open(tmp_path / "s.qvec") as s:
+        assert len(s) == 10  # the two full batches before the bad line were committed
+
+
+def test_every_command_has_help_with_an_example(runner):
+    for name, cmd in main.commands.items():
+        r = runner.invoke(main, [name, "--help"])
+        assert r.exit_code == 0 and cmd.help, name
+    assert "Example" in runner.invoke(main, ["--help"]).output
+    assert runner.invoke(main, ["--version"]).output == f"qvec, version {qvec.__version__}\n"
+
+
+@pytest.mark.slow
+def test_installed_entry_point_on_real_text(tmp_path):
+    exe = shutil.which("qvec")
+    assert exe, "the qvec console script is not installed: pip install -e ."
+    docs = tmp_path / "pydoc.txt"
+    docs.write_text(subprocess.run(["python", "-m", "qvec.datasets", "pydoc", "150"], capture_output=True,
+                                   text=True, check=True).stdout)
+    build = subprocess.run([exe, "build", str(tmp_path / "d.qvec"), str(docs)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    assert "150 vectors" in build.stdout and "bytes/vector in RAM" in build.stdout
+    found = subprocess.run([exe, "search", str(tmp_path / "d.qvec"), "how do I define a function?", "-k", "3",
+                            "--json"], capture_output=True, text=True, check=True)
+    assert len(found.stdout.splitlines()) == 3
