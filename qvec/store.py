@@ -54,6 +54,9 @@ DEFAULT_OVERSAMPLE = 4
 # faster than walking a graph or probing lists for a handful, and never misses one.
 EXACT_FILTER_ROWS = 4096
 TRAIN_SAMPLE = 200_000
+# Save the index once the log holds this many rows (or a quarter of the index): replaying
+# the log on open stays short, and a save's cost is spread over many writes.
+CHECKPOINT_ROWS = 10_000
 _UNSET: Any = None
 
 
@@ -463,7 +466,7 @@ class Store:
         idx = self._index
         if len(idx.tombstones) > max(1_000, idx.ntotal // 5):
             self.checkpoint(compact=True)
-        elif self._log_rows >= max(10_000, idx.ntotal // 4):
+        elif self._log_rows >= max(CHECKPOINT_ROWS, idx.ntotal // 4):
             self.checkpoint()
 
     def train(self, vectors=None) -> None:
