@@ -140,7 +140,7 @@ def build(ctx, store, inputs, quantization, index, model, text_field, id_field, 
     added = skipped = 0
     try:
         for path in inputs:
-            if path.endswith(".npy"):
+            if path.endswith((".npy", ".fvecs")):
                 a, k = _build_vectors(ctx, s, path, upsert)
             else:
                 a, k = _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
@@ -177,11 +177,22 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     return added, skipped
 
 
+def _read_fvecs(path: str) -> np.ndarray:
+    """The TEXMEX .fvecs layout: per vector, an int32 dimension then that many float32."""
+    raw = np.fromfile(path, dtype=np.int32)
+    if not len(raw):
+        raise ValueError("empty file")
+    d = int(raw[0])
+    if d <= 0 or len(raw) % (d + 1) or not (raw.reshape(-1, d + 1)[:, 0] == d).all():
+        raise ValueError("rows do not all start with the same dimension: not .fvecs")
+    return raw.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
+
+
 def _build_vectors(ctx, s, path, upsert):
     try:
-        x = np.load(path, allow_pickle=False)  # never unpickle a file we were handed
+        x = _read_fvecs(path) if path.endswith(".fvecs") else np.load(path, allow_pickle=False)  # never unpickle
     except (OSError, ValueError) as e:
-        raise InputLineError(f"{path}: not a readable .npy array ({e})") from None
+        raise InputLineError(f"{path}: not a readable vector file ({e})") from None
     side = Path(path).with_suffix(".jsonl")
     rows = [r for _, r in _jsonl(side.open(), side.name)] if side.exists() else None
     if rows is not None and len(rows) != len(x):
@@ -301,8 +312,10 @@ def delete(ctx, store, ids):
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("out", type=click.File("w"))
+@click.option("--vectors", "with_vectors", is_flag=True,
+              help="add each vector: the FP32 original if kept (rescore), else decoded from its codes")
 @click.pass_context
-def export(ctx, store, out):
+def export(ctx, store, out, with_vectors):
     """Write every row of STORE as JSONL (id, text and metadata fields).
 
     \b
@@ -312,7 +325,11 @@ def export(ctx, store, out):
     with _run(ctx, open_store, store, create=False) as s:
         ids = s.ids()
         for i in range(0, len(ids), 1000):
-            for item in s.get(ids[i : i + 1000]):
+            chunk = ids[i : i + 1000]
+            vecs = _run(ctx, s.vectors, chunk) if with_vectors else None
+            for j, item in enumerate(s.get(chunk)):
                 # metadata fields at top level: `qvec build --metadata-fields all` reads them back
                 row = {**item.metadata, "id": item.id, "text": item.text}
+                if vecs is not None:
+                    row["vector"] = vecs[j].tolist()
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -192,13 +192,20 @@ class VectorIndex:
 
     # -- decoding ---------------------------------------------------------------------
     def reconstruct(self, fids: np.ndarray) -> np.ndarray:
-        """Decoded vectors (what the codes hold) for fids of a flat or HNSW index."""
+        """Decoded vectors (what the codes hold) for fids; not for binary codes."""
+        fids = np.asarray(fids, dtype=np.int64)
         outer = faiss.downcast_index(self.index)
-        if self.binary or not isinstance(outer, faiss.IndexIDMap):
-            raise NotImplementedError("reconstruct() is for flat and HNSW float indexes")
-        id_map = faiss.vector_to_array(outer.id_map)  # fids in insertion order: ascending
-        pos = np.searchsorted(id_map, np.asarray(fids, dtype=np.int64))
-        return outer.index.reconstruct_batch(pos)
+        if self.binary:
+            raise NotImplementedError("binary codes cannot be decoded to vectors")
+        if isinstance(outer, faiss.IndexIDMap):
+            id_map = faiss.vector_to_array(outer.id_map)  # fids in insertion order: ascending
+            return outer.index.reconstruct_batch(np.searchsorted(id_map, fids))
+        ivf = faiss.extract_index_ivf(outer)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # fid -> list position, for this call only
+        try:
+            return np.vstack([outer.reconstruct(int(f)) for f in fids] or [np.zeros((0, self.settings.dim))])
+        finally:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
 
     def all_fids(self) -> np.ndarray:
         """Every fid the index holds, tombstones included (flat and HNSW float indexes)."""

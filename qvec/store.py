@@ -11,8 +11,10 @@ point therefore leaves every id either fully present or fully absent.
 
 from __future__ import annotations
 
+import builtins  # this module defines its own open()
 import fcntl
 import hashlib
+import json
 import os
 import uuid
 import warnings
@@ -129,6 +131,10 @@ def _as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarr
     return np.ascontiguousarray(x)
 
 
+def _metadata(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -158,7 +164,7 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------
     def _acquire_lock(self):
-        f = builtins_open(self.path / LOCK_FILE, "a+")
+        f = builtins.open(self.path / LOCK_FILE, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -219,14 +225,15 @@ class Store:
 
     def _new_settings(self, dim: int) -> Settings:
         r = self._requested
+        q = Quantization.parse(r.get("quantization", "int8"))
         return Settings(
             dim=int(dim),
-            quantization=Quantization.parse(r.get("quantization", "int8")),
+            quantization=q,
             index=IndexKind.parse(r.get("index", "flat")),
             metric=r.get("metric", "cosine"),
             model=r.get("model", DEFAULT_MODEL),
             rescore=bool(r.get("rescore", False)),
-            range_stat=r.get("range_stat", DEFAULT_RANGE_STAT),
+            range_stat=r.get("range_stat") or DEFAULT_RANGE_STAT.get(q.kind, "minmax"),
         )
 
     def _ensure_settings(self, dim: int) -> None:
@@ -516,7 +523,7 @@ class Store:
         data = self._index.serialize()
         name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
         tmp = self.path / (name + ".tmp")
-        with builtins_open(tmp, "wb") as f:
+        with builtins.open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -563,11 +570,28 @@ class Store:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
-        items = [Item(i, rows[i][1], json_loads(rows[i][2])) for i in ids]
+        items = [Item(i, rows[i][1], _metadata(rows[i][2])) for i in ids]
         return items[0] if single else items
 
     def ids(self) -> list[str]:
         return self.db.ids()
+
+    def vectors(self, ids) -> np.ndarray:
+        """The stored vectors for ids, (n, dim) float32: the FP32 originals when the store
+        keeps them (rescore=True) or while untrained, else decoded from the codes (lossy)."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        found = self.db.fids_of(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
+        fids = np.array([found[i] for i in ids], dtype=np.int64)
+        if self.settings.rescore:
+            return self._originals.read(fids)
+        if not self.is_trained:
+            return np.stack([self._pending[int(f)] for f in fids])
+        if self._index.binary:
+            raise InvalidInput("binary codes cannot be decoded to vectors: keep originals with rescore=True")
+        return self._index.reconstruct(fids).astype(np.float32)
 
     def search(self, query, k: int = 10, *, where=None, include=("text", "metadata"), **params) -> list[Hit]:
         """The k nearest rows to a text or a vector, best first."""
@@ -672,7 +696,7 @@ class Store:
                     r[0],
                     float(score),
                     r[1] if want_text else None,
-                    json_loads(r[-1]) if want_meta else None,
+                    _metadata(r[-1]) if want_meta else None,
                 ))
             out.append(hits)
         return out
@@ -729,13 +753,3 @@ class Store:
             self.db.close()
             self._release_lock()
 
-
-def json_loads(text):
-    import json
-
-    return json.loads(text) if text else {}
-
-
-import builtins  # noqa: E402  (kept apart: this module defines its own open())
-
-builtins_open = builtins.open

@@ -130,3 +130,20 @@ def test_installed_entry_point_on_real_text(tmp_path):
     found = subprocess.run([exe, "search", str(tmp_path / "d.qvec"), "how do I define a function?", "-k", "3",
                             "--json"], capture_output=True, text=True, check=True)
     assert len(found.stdout.splitlines()) == 3
+
+
+def test_fvecs_input_and_export_with_vectors(runner, tmp_path, corpus):
+    xb = corpus[1][:50]
+    rows = np.hstack([np.full((50, 1), 384, dtype=np.int32).view(np.float32), xb])
+    rows.tofile(tmp_path / "x.fvecs")
+    store = str(tmp_path / "f.qvec")
+    r = runner.invoke(main, ["build", store, str(tmp_path / "x.fvecs"), "-q", "fp32", "--rescore"])
+    assert r.exit_code == 0 and "50 vectors" in r.output, r.output
+    out = tmp_path / "rows.jsonl"
+    assert runner.invoke(main, ["export", store, str(out), "--vectors"]).exit_code == 0
+    got = np.array([json.loads(line)["vector"] for line in out.read_text().splitlines()], dtype=np.float32)
+    np.testing.assert_allclose(got, xb / np.linalg.norm(xb, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    (tmp_path / "bad.fvecs").write_bytes(b"\x05\x00\x00\x00abc")
+    r = runner.invoke(main, ["build", str(tmp_path / "g.qvec"), str(tmp_path / "bad.fvecs")])
+    assert r.exit_code == 2 and "not a readable vector file" in r.output
+

@@ -178,3 +178,17 @@ def test_stats_reports_measured_memory_and_scales(tmp_path, data):
     assert len(scales["vmin"]) == len(scales["vdiff"]) == 384
     assert set(st["disk_bytes"]) == {"index", "originals", "sqlite", "total"}
     assert st["disk_bytes"]["index"] > 384 * len(xb)
+
+
+@pytest.mark.parametrize("quantization,index", [
+    ("int8", "flat"), ("int8", "ivf8"), ("opq16", "ivf8"), ("fp16", "hnsw16")
+])
+def test_vectors_decodes_codes_on_every_float_index(tmp_path, corpus, quantization, index):
+    xb = corpus[1]
+    with qvec.open(tmp_path / "s", quantization=quantization, index=index) as s:
+        s.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
+        s.train()
+        got = s.vectors(["3", "0", "600"])
+    want = xb[[3, 0, 600]] / np.linalg.norm(xb[[3, 0, 600]], axis=1, keepdims=True)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1)
+    assert (cos > (0.8 if quantization == "opq16" else 0.99)).all()
