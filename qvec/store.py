@@ -431,11 +431,7 @@ class Store:
 
     def delete(self, ids) -> int:
         """Delete rows by id; all or nothing: an unknown id is an ``IdNotFound``."""
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        found = self.db.fids_of(ids)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
+        found = self._lookup(ids, self.db.fids_of)
         fids = np.fromiter(set(found.values()), dtype=np.int64)
         with self.db.transaction():
             self.db.delete(fids)
@@ -565,13 +561,19 @@ class Store:
     def get(self, ids):
         """The stored row(s): ``get("a")`` → Item, ``get(["a", "b"])`` → [Item, Item]."""
         single = isinstance(ids, str)
-        ids = [ids] if single else list(ids)
-        rows = self.db.rows_by_id(ids)
-        missing = [i for i in ids if i not in rows]
+        rows = self._lookup(ids, self.db.rows_by_id)
+        items = [Item(i, text, _metadata(meta)) for i, (_, text, meta) in rows.items()]
+        return items[0] if single else items
+
+    @staticmethod
+    def _lookup(ids, fetch) -> dict:
+        """``fetch(ids)`` for a str or a list of ids, in the order given; IdNotFound if any is missing."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        found = fetch(ids)
+        missing = [i for i in ids if i not in found]
         if missing:
             raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
-        items = [Item(i, rows[i][1], _metadata(rows[i][2])) for i in ids]
-        return items[0] if single else items
+        return {i: found[i] for i in ids}
 
     def ids(self) -> list[str]:
         return self.db.ids()
@@ -579,12 +581,7 @@ class Store:
     def vectors(self, ids) -> np.ndarray:
         """The stored vectors for ids, (n, dim) float32: the FP32 originals when the store
         keeps them (rescore=True) or while untrained, else decoded from the codes (lossy)."""
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        found = self.db.fids_of(ids)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
-        fids = np.array([found[i] for i in ids], dtype=np.int64)
+        fids = np.fromiter(self._lookup(ids, self.db.fids_of).values(), dtype=np.int64)
         if self.settings.rescore:
             return self._originals.read(fids)
         if not self.is_trained:
