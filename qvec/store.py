@@ -659,8 +659,10 @@ class Store:
         """Re-rank candidate fids by exact scores against the original vectors."""
         valid = I >= 0
         flat = np.unique(I[valid])
+        if not len(flat):  # no query found a candidate (e.g. every row filtered out)
+            return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         orig = self._originals.read(flat)
-        cand = orig[np.searchsorted(flat, np.where(valid, I, flat[0] if len(flat) else 0))]
+        cand = orig[np.searchsorted(flat, np.where(valid, I, flat[0]))]
         if self.settings.metric == "l2":
             scores = ((cand - xq[:, None, :]) ** 2).sum(-1)
             scores[~valid] = np.inf

@@ -192,3 +192,16 @@ def test_vectors_decodes_codes_on_every_float_index(tmp_path, corpus, quantizati
     want = xb[[3, 0, 600]] / np.linalg.norm(xb[[3, 0, 600]], axis=1, keepdims=True)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1)
     assert (cos > (0.8 if quantization == "opq16" else 0.99)).all()
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw16"])
+def test_everything_deleted_then_refilled(tmp_path, data, index):
+    xb, xq, ids, meta = data
+    with qvec.open(tmp_path / "s", quantization="int8", index=index, rescore=True) as store:
+        store.add(vectors=xb, ids=ids, metadata=meta)
+        store.train()
+        store.delete(ids)
+        assert len(store) == 0
+        assert store.search(xq[0], 5) == [] and store.search(xq[0], 5, where={"topic": 1}) == []
+        store.add(vectors=xb[:3], ids=["a", "b", "c"])
+        assert store.search(xb[1], 1)[0].id == "b"
