@@ -260,7 +260,12 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
 @click.option("--json", "as_json", is_flag=True, help="the full stats() as JSON")
 @click.pass_context
 def info(ctx, store, as_json):
-    """Settings, count, memory and disk use, compression and trained parameters of STORE."""
+    """Settings, count, memory and disk use, compression and trained parameters of STORE.
+
+    \b
+    Example:
+      qvec info docs.qvec --json | python -m json.tool
+    """
     with _run(ctx, open_store, store, create=False) as s:
         st = _run(ctx, s.stats)
     if as_json:
@@ -292,7 +297,12 @@ def info(ctx, store, as_json):
 @click.argument("ids", nargs=-1, required=True)
 @click.pass_context
 def get(ctx, store, ids):
-    """Print the rows with these IDS as JSON lines."""
+    """Print the rows with these IDS as JSON lines.
+
+    \b
+    Example:
+      qvec get docs.qvec pydoc.txt:12 pydoc.txt:13
+    """
     with _run(ctx, open_store, store, create=False) as s:
         for item in _run(ctx, s.get, list(ids)):
             click.echo(json.dumps({"id": item.id, "text": item.text, "metadata": item.metadata}, ensure_ascii=False))
@@ -303,7 +313,12 @@ def get(ctx, store, ids):
 @click.argument("ids", nargs=-1, required=True)
 @click.pass_context
 def delete(ctx, store, ids):
-    """Delete the rows with these IDS (all or none)."""
+    """Delete the rows with these IDS (all or none: an unknown id deletes nothing).
+
+    \b
+    Example:
+      qvec delete docs.qvec pydoc.txt:12
+    """
     with _run(ctx, open_store, store, create=False) as s:
         n = _run(ctx, s.delete, list(ids))
     click.echo(f"deleted {n}")

@@ -110,9 +110,10 @@ def test_a_bad_line_keeps_the_batches_before_it(runner, tmp_path, corpus, model)
 
 
 def test_every_command_has_help_with_an_example(runner):
-    for name, cmd in main.commands.items():
+    for name in main.commands:
         r = runner.invoke(main, [name, "--help"])
-        assert r.exit_code == 0 and cmd.help, name
+        assert r.exit_code == 0, name
+        assert f"qvec {name} " in r.output, f"{name} --help shows no worked example"
     assert "Example" in runner.invoke(main, ["--help"]).output
     assert runner.invoke(main, ["--version"]).output == f"qvec, version {qvec.__version__}\n"
 
@@ -147,3 +148,10 @@ def test_fvecs_input_and_export_with_vectors(runner, tmp_path, corpus):
     r = runner.invoke(main, ["build", str(tmp_path / "g.qvec"), str(tmp_path / "bad.fvecs")])
     assert r.exit_code == 2 and "not a readable vector file" in r.output
 
+
+
+def test_debug_shows_the_traceback(runner, tmp_path):
+    r = runner.invoke(main, ["info", str(tmp_path / "missing.qvec")])
+    assert r.exit_code == 1 and r.exception is not None and isinstance(r.exception, SystemExit)
+    r = runner.invoke(main, ["--debug", "info", str(tmp_path / "missing.qvec")])
+    assert isinstance(r.exception, qvec.StoreNotFound)
