@@ -18,6 +18,7 @@ from .errors import (
     InvalidSpec,
     NotTrained,
     QvecError,
+    ReadOnlyStore,
     SettingsConflict,
     StoreLocked,
     StoreNotFound,
@@ -46,4 +47,5 @@ __all__ = [
     "IncompatibleStore",
     "EmbedderError",
     "StoreLocked",
+    "ReadOnlyStore",
 ]

@@ -237,7 +237,7 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
     except json.JSONDecodeError as e:
         raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
     params = {k_: v for k_, v in (("nprobe", nprobe), ("ef_search", ef_search), ("oversample", oversample)) if v}
-    with _run(ctx, open_store, store, create=False) as s:
+    with _run(ctx, open_store, store, read_only=True) as s:
         results = _run(ctx, s.search_batch, queries, k, where=filt, **params)
     out = io.StringIO()
     for q, hits in zip(queries, results):
@@ -266,7 +266,7 @@ def info(ctx, store, as_json):
     Example:
       qvec info docs.qvec --json | python -m json.tool
     """
-    with _run(ctx, open_store, store, create=False) as s:
+    with _run(ctx, open_store, store, read_only=True) as s:
         st = _run(ctx, s.stats)
     if as_json:
         click.echo(json.dumps(st, indent=1))
@@ -303,7 +303,7 @@ def get(ctx, store, ids):
     Example:
       qvec get docs.qvec pydoc.txt:12 pydoc.txt:13
     """
-    with _run(ctx, open_store, store, create=False) as s:
+    with _run(ctx, open_store, store, read_only=True) as s:
         for item in _run(ctx, s.get, list(ids)):
             click.echo(json.dumps({"id": item.id, "text": item.text, "metadata": item.metadata}, ensure_ascii=False))
 
@@ -337,7 +337,7 @@ def export(ctx, store, out, with_vectors):
     Re-import:
       qvec export docs.qvec rows.jsonl && qvec build copy.qvec rows.jsonl --metadata-fields all
     """
-    with _run(ctx, open_store, store, create=False) as s:
+    with _run(ctx, open_store, store, read_only=True) as s:
         ids = s.ids()
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]

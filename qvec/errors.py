@@ -14,7 +14,8 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     ├── CorruptStore                       a store file fails its checks
     ├── IncompatibleStore                  a store written by a newer format version
     ├── EmbedderError                      the embedding model cannot load or run
-    └── StoreLocked                        another process has the store open for writing
+    ├── StoreLocked                        another process has the store open for writing
+    └── ReadOnlyStore                      a write to a store opened read_only=True
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "IncompatibleStore",
     "EmbedderError",
     "StoreLocked",
+    "ReadOnlyStore",
 ]
 
 
@@ -94,3 +96,7 @@ class EmbedderError(QvecError):
 
 class StoreLocked(QvecError):
     """Another process has the store open for writing."""
+
+
+class ReadOnlyStore(QvecError):
+    """A write to a store opened with ``read_only=True``."""

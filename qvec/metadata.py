@@ -324,6 +324,10 @@ class MetadataDB:
     def clear_tombstones(self) -> None:
         self.conn.execute("DELETE FROM tombstones")
 
+    def data_version(self) -> int:
+        """Changes whenever another connection commits."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def file_bytes(self) -> int:
         import os
 

@@ -35,6 +35,7 @@ from .errors import (
     IncompatibleStore,
     InvalidInput,
     NotTrained,
+    ReadOnlyStore,
     SettingsConflict,
     StoreLocked,
     StoreNotFound,
@@ -94,6 +95,7 @@ def open(
     range_stat: str | None = _UNSET,
     embedder: Embedder | None = None,
     create: bool = True,
+    read_only: bool = False,
 ) -> Store:
     """Create the store at ``path``, or reopen it.
 
@@ -101,6 +103,10 @@ def open(
     model="all-MiniLM-L6-v2", rescore=False; dim comes from the first vectors added (or the
     model). When reopening, settings come from the store; one given that differs is a
     ``SettingsConflict``. ``embedder`` injects any object with ``name``, ``dim``, ``embed``.
+
+    One process at a time may open a store for writing (another gets ``StoreLocked``).
+    ``read_only=True`` opens a consistent snapshot beside a writer, any number of times:
+    it sees every batch committed before it opened (or last called ``refresh()``) and none after.
     """
     requested = {
         "quantization": None if quantization is None else str(Quantization.parse(quantization)),
@@ -111,7 +117,8 @@ def open(
         "dim": dim,
         "range_stat": range_stat,
     }
-    return Store(Path(path), {k: v for k, v in requested.items() if v is not None}, embedder, create)
+    requested = {k: v for k, v in requested.items() if v is not None}
+    return Store(Path(path), requested, embedder, create and not read_only, read_only)
 
 
 def _as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
@@ -131,6 +138,10 @@ def _as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarr
     return np.ascontiguousarray(x)
 
 
+class _IndexFileGone(CorruptStore):
+    """The index file SQLite names is missing (for a reader: a writer replaced it)."""
+
+
 def _metadata(text: str | None) -> dict:
     return json.loads(text) if text else {}
 
@@ -142,8 +153,9 @@ def _sha256(data: bytes) -> str:
 class Store:
     """A compressed vector store. Use ``qvec.open``; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, requested: dict, embedder: Embedder | None, create: bool):
+    def __init__(self, path: Path, requested: dict, embedder: Embedder | None, create: bool, read_only: bool):
         self.path = path
+        self.read_only = read_only
         if path.exists() and not path.is_dir():
             raise StoreNotFound(f"{path} is a file, not a qvec store: pass a directory path")
         db_path = path / DB_FILE
@@ -153,10 +165,11 @@ class Store:
             if path.exists() and any(path.iterdir()):
                 raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
             path.mkdir(parents=True, exist_ok=True)
-        self._lock = self._acquire_lock()
+        self._lock = None if read_only else self._acquire_lock()
         self.db = MetadataDB(db_path)
         try:
-            self._load(requested, embedder)
+            self._requested, self._embedder = requested, embedder
+            self._load_snapshot() if read_only else self._load()
         except BaseException:
             self.db.close()
             self._release_lock()
@@ -178,9 +191,36 @@ class Store:
             self._lock.close()
             self._lock = None
 
-    def _load(self, requested: dict, embedder: Embedder | None) -> None:
+    def _load_snapshot(self, attempts: int = 5) -> None:
+        """Load settings, index file and log in one read transaction: a consistent state
+        even while a writer commits. A writer's checkpoint may remove the index file this
+        snapshot names before it is read; then try again with the newer snapshot."""
+        for attempt in range(attempts):
+            self.db.conn.execute("BEGIN")
+            try:
+                self._load()
+                self._version = self.db.data_version()
+                return
+            except _IndexFileGone:
+                if attempt == attempts - 1:
+                    raise
+            finally:
+                self.db.conn.execute("COMMIT")
+
+    def refresh(self) -> bool:
+        """Read-only stores: load what writers committed since opening. Returns whether
+        anything changed. (A writer's own store is always current.)"""
+        if not self.read_only or self.db.data_version() == self._version:
+            return False
+        self._load_snapshot()
+        return True
+
+    def _load(self) -> None:
         db = self.db
+        requested = self._requested
         try:
+            if self.read_only and not db.has_schema():
+                raise StoreNotFound(f"no qvec store at {self.path}: create it with qvec.open(path)")
             fresh = not db.has_schema()
             if fresh:
                 with db.transaction():
@@ -197,8 +237,6 @@ class Store:
                 f"store format {version} is newer than this qvec reads ({FORMAT_VERSION}): upgrade qvec"
             )
         self._meta = meta
-        self._requested = requested
-        self._embedder = embedder
         self.settings: Settings | None = None
         self._index: VectorIndex | None = None
         self._pending: dict[int, np.ndarray] = {}
@@ -255,7 +293,7 @@ class Store:
             try:
                 data = file.read_bytes()
             except FileNotFoundError:
-                raise CorruptStore(f"index file {file} is missing: restore it from a backup") from None
+                raise _IndexFileGone(f"index file {file} is missing: restore it from a backup") from None
             if len(data) != meta["index_size"] or _sha256(data) != meta["index_sha256"]:
                 raise CorruptStore(
                     f"index file {file} fails its checksum ({len(data)} bytes, expected {meta['index_size']}): "
@@ -268,7 +306,7 @@ class Store:
         else:
             self._index = VectorIndex(s, threshold=threshold)
         self._index.tombstones = self.db.tombstones()
-        for stray in self.path.glob("index-*.faiss*"):
+        for stray in [] if self.read_only else self.path.glob("index-*.faiss*"):
             if stray.name != name:  # written by a checkpoint that never committed
                 stray.unlink()
         self._replay(meta.get("checkpoint_seq", 0))
@@ -357,7 +395,12 @@ class Store:
         """Like ``add``, but rows whose id exists are replaced."""
         return self._write(texts, vectors, ids, metadata, upsert=True)
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStore(f"{self.path} was opened with read_only=True: open it without to write")
+
     def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
+        self._writable()
         if (texts is None) == (vectors is None):
             raise InvalidInput("pass either texts or vectors=, not both or neither")
         if texts is not None:
@@ -431,6 +474,7 @@ class Store:
 
     def delete(self, ids) -> int:
         """Delete rows by id; all or nothing: an unknown id is an ``IdNotFound``."""
+        self._writable()
         found = self._lookup(ids, self.db.fids_of)
         fids = np.fromiter(set(found.values()), dtype=np.int64)
         with self.db.transaction():
@@ -475,6 +519,7 @@ class Store:
     def train(self, vectors=None) -> None:
         """Train the codes (scales, codebooks, centroids) on ``vectors`` or on the vectors
         waiting in the store, then index every waiting vector."""
+        self._writable()
         if self.settings is None and vectors is None:
             raise NotTrained("the store is empty: add vectors first, or pass vectors to train on")
         if self.is_trained:
@@ -511,6 +556,7 @@ class Store:
     def checkpoint(self, *, compact: bool = False) -> None:
         """Save the index to a new file and empty the log (done on close and as the log grows).
         ``compact`` also rebuilds an HNSW graph without its deleted vectors."""
+        self._writable()
         if not self.is_trained:
             return  # untrained vectors live in the log until training
         if compact and self._index.tombstones:
@@ -743,6 +789,9 @@ class Store:
 
     def close(self) -> None:
         """Checkpoint the index and release the store."""
+        if self.read_only:
+            self.db.close()
+            return
         if self._lock is None:
             return
         try:
