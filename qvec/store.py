@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins  # this module defines its own open()
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -432,7 +433,7 @@ class Store:
         self._ensure_settings(x.shape[1])
         x = self._prepare(x)
 
-        first = int(self.db.get_settings()["next_fid"])
+        first = self._meta["next_fid"]  # the one writer keeps it current (below)
         fids = np.arange(first, first + n, dtype=np.int64)
         old = np.fromiter(existing.values(), dtype=np.int64, count=len(existing))
         if self.settings.rescore:
@@ -446,6 +447,7 @@ class Store:
             self.db.insert(fids, ids, texts if texts is not None else [None] * n, metas)
             self.db.log("add", fids, x)
             self.db.put_settings({"next_fid": first + n})
+        self._meta["next_fid"] = first + n
         self._log_rows += len(old) + n
         if len(old):
             self._apply_delete(old)
@@ -599,8 +601,10 @@ class Store:
         fresh.add(x, live)
         self._index = fresh
 
-    @property
+    @functools.cached_property
     def _originals(self) -> Originals:
+        # One instance, so its memory map survives between searches (first used once the
+        # store has settings, which fix the dimension for good).
         return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
 
     # -- reads --------------------------------------------------------------------------------
