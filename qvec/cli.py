@@ -160,8 +160,15 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     from tqdm import tqdm  # a rate and an ETA on stderr; silent when stderr is not a terminal
 
     added = skipped = 0
-    bar = tqdm(desc=Path(path).name if path != "-" else "stdin", unit="doc",
-               disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    show = not quiet and sys.stderr.isatty()
+    # A total (lines, counted in a fraction of the time embedding takes) gives the bar its ETA;
+    # stdin can only be read once, so it shows a rate alone.
+    total = None
+    if show and path != "-":
+        with open(path, "rb") as f:
+            total = sum(1 for _ in f) - (Path(path).suffix.lower() == ".csv")
+    bar = tqdm(desc=Path(path).name if path != "-" else "stdin", unit="doc", total=total,
+               disable=not show, file=sys.stderr)
     with bar:
         for batch in _batches(_records(path, text_field, id_field, metadata_fields), batch_size):
             ids = [b[0] for b in batch]
