@@ -244,29 +244,25 @@ class MetadataDB:
         self.conn.executemany("DELETE FROM items WHERE fid = ?", rows)
         self.conn.executemany("DELETE FROM meta_kv WHERE fid = ?", rows)
 
+    def _select_in(self, columns: str, key: str, values: list):
+        """``SELECT columns FROM items WHERE key IN values``, the values bound as one JSON
+        array (no placeholder-count limit, one statement however many)."""
+        q = f"SELECT {columns} FROM items WHERE {key} IN (SELECT value FROM json_each(?))"
+        return self.conn.execute(q, (json.dumps(values),))
+
     def fids_of(self, ids: list[str]) -> dict[str, int]:
-        out = {}
-        for i in range(0, len(ids), 900):
-            chunk = ids[i : i + 900]
-            q = f"SELECT id, fid FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update(self.conn.execute(q, chunk).fetchall())
-        return out
+        return dict(self._select_in("id, fid", "id", ids))
 
     def rows(self, fids: np.ndarray, columns: str = "id") -> dict[int, tuple]:
         """fid -> (columns...) for the given fids, in one query."""
-        if not len(fids):
-            return {}
-        q = f"SELECT fid, {columns} FROM items WHERE fid IN (SELECT value FROM json_each(?))"
-        return {r[0]: r[1:] for r in self.conn.execute(q, (json.dumps(np.asarray(fids).tolist()),))}
+        return {r[0]: r[1:] for r in self._select_in(f"fid, {columns}", "fid", np.asarray(fids).tolist())}
 
     def ids_of(self, fids: np.ndarray) -> dict[int, str]:
         """fid -> id, built by sqlite3 in C (the hot path of search with include=())."""
-        q = "SELECT fid, id FROM items WHERE fid IN (SELECT value FROM json_each(?))"
-        return dict(self.conn.execute(q, (json.dumps(fids.tolist()),)))
+        return dict(self._select_in("fid, id", "fid", fids.tolist()))
 
     def rows_by_id(self, ids: list[str]) -> dict[str, tuple]:
-        q = "SELECT id, fid, text, metadata FROM items WHERE id IN (SELECT value FROM json_each(?))"
-        return {r[0]: r[1:] for r in self.conn.execute(q, (json.dumps(ids),))}
+        return {r[0]: r[1:] for r in self._select_in("id, fid, text, metadata", "id", ids)}
 
     def ids(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY fid")]
