@@ -18,7 +18,8 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
-from .errors import InvalidFilter, InvalidSpec, QvecError
+from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError
+from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
 
 USAGE_ERRORS = (InvalidSpec, InvalidFilter)
 
@@ -127,7 +128,8 @@ def _batches(it, n):
 def build(ctx, store, inputs, quantization, index, model, text_field, id_field, metadata_fields, batch_size,
           rescore, upsert, quiet):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
-    vectors (.npy, with an optional .jsonl of ids/metadata beside it as NAME.jsonl).
+    vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
+    metadata optionally from a .jsonl beside it as NAME.jsonl).
 
     Re-running with the same input adds only ids not yet stored.
 
@@ -140,7 +142,7 @@ def build(ctx, store, inputs, quantization, index, model, text_field, id_field, 
     added = skipped = 0
     try:
         for path in inputs:
-            if path.endswith((".npy", ".fvecs")):
+            if path.lower().endswith(VECTOR_SUFFIXES):
                 a, k = _build_vectors(ctx, s, path, upsert)
             else:
                 a, k = _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
@@ -184,22 +186,11 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     return added, skipped
 
 
-def _read_fvecs(path: str) -> np.ndarray:
-    """The TEXMEX .fvecs layout: per vector, an int32 dimension then that many float32."""
-    raw = np.fromfile(path, dtype=np.int32)
-    if not len(raw):
-        raise ValueError("empty file")
-    d = int(raw[0])
-    if d <= 0 or len(raw) % (d + 1) or not (raw.reshape(-1, d + 1)[:, 0] == d).all():
-        raise ValueError("rows do not all start with the same dimension: not .fvecs")
-    return raw.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
-
-
 def _build_vectors(ctx, s, path, upsert):
     try:
-        x = _read_fvecs(path) if path.endswith(".fvecs") else np.load(path, allow_pickle=False)  # never unpickle
-    except (OSError, ValueError) as e:
-        raise InputLineError(f"{path}: not a readable vector file ({e})") from None
+        x = read_ann_hdf5(path).train if path.endswith((".hdf5", ".h5")) else read_vectors(path)
+    except InvalidInput as e:
+        raise InputLineError(f"not a readable vector file: {e}") from None
     side = Path(path).with_suffix(".jsonl")
     rows = [r for _, r in _jsonl(side.open(), side.name)] if side.exists() else None
     if rows is not None and len(rows) != len(x):
@@ -355,3 +346,135 @@ def export(ctx, store, out, with_vectors):
                 if vecs is not None:
                     row["vector"] = vecs[j].tolist()
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+@main.command()
+@click.option("--vectors", type=click.Path(dir_okay=False),
+              help="base vectors: .npy, .fvecs, .bvecs, or an ann-benchmarks .hdf5 (train, test, neighbors)")
+@click.option("--corpus", type=click.Path(dir_okay=False),
+              help="base texts instead: JSONL (id, text) or plain text; embedded once, cached as .npy")
+@click.option("--queries", type=click.Path(dir_okay=False),
+              help="query vectors (.npy/.fvecs/.bvecs) or texts (JSONL: text, optional relevant id or ids; "
+                   "or plain text); default: the test set of an .hdf5")
+@click.option("--ground-truth", type=click.Path(dir_okay=False),
+              help="true neighbour row numbers (.ivecs/.npy); default: exact FP32 search")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the results")
+@click.option("--config", "configs", multiple=True,
+              help="QUANT/INDEX[/rescore[=N]][/nprobe=N][/ef=N], repeatable; default: a sweep from fp32 to binary")
+@click.option("--metric", default=None, help="cosine (default), ip or l2; an .hdf5 names its own")
+@click.option("--model", default=None, help="model that embeds texts (default all-MiniLM-L6-v2)")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="embedding cache (default OUT/cache)")
+@click.option("--limit", type=int, default=None, help="use only the first N base vectors")
+@click.option("--n-queries", type=int, default=None, help="use only the first N queries")
+@click.option("--repeat", default=3, show_default=True, help="timings are the best of this many runs")
+@click.option("--name", default=None, help="data set name in the report")
+@click.pass_context
+def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, model, cache_dir, limit, n_queries,
+          repeat, name):
+    """Measure recall against memory for a sweep of configurations; write OUT/results.json,
+    OUT/results.md and OUT/recall_vs_memory.png.
+
+    Each configuration is built as a real store; recall@1/10/100 is against exact FP32 search,
+    MRR@10 and hit@10 use queries that name their relevant documents.
+
+    \b
+    Examples:
+      qvec bench --vectors docs.npy --queries queries.npy --out results/
+      qvec bench --vectors glove-100-angular.hdf5 --limit 100000 --out glove/
+      qvec bench --corpus docs.jsonl --queries queries.jsonl --out gcide/ --config int8/flat --config pq48/flat/rescore
+    """
+    from . import bench as qbench
+
+    if bool(vectors) == bool(corpus):
+        raise click.UsageError("give the base data as --vectors FILE or --corpus FILE (one of them)", ctx)
+    configs = [_run(ctx, qbench.Config.parse, c) for c in configs]
+    cache_dir = cache_dir or str(Path(out) / "cache")
+    embedder = None
+
+    def embed(texts, what):
+        nonlocal embedder
+        if embedder is None:
+            from .embedder import DEFAULT_MODEL, SentenceTransformerEmbedder
+
+            embedder = SentenceTransformerEmbedder(model or DEFAULT_MODEL)
+        click.echo(f"embedding {len(texts):,} {what} (cached in {cache_dir})", err=True)
+        return _run(ctx, qbench.embed_cached, texts, embedder, cache_dir, show_progress=sys.stderr.isatty())
+
+    gt = None
+    doc_ids: list[str] | None = None
+    if vectors:
+        _must_exist(ctx, vectors, "--vectors")
+        if vectors.lower().endswith((".hdf5", ".h5")):
+            ann = _run(ctx, read_ann_hdf5, vectors)
+            xb, xq, gt, metric = ann.train, ann.test, ann.neighbors, metric or ann.metric
+        else:
+            xb, xq = _run(ctx, read_vectors, vectors), None
+    else:
+        _must_exist(ctx, corpus, "--corpus")
+        rows = list(_records(corpus, "text", "id", None))
+        doc_ids = [r[0] for r in rows]
+        xb = embed([r[1] for r in rows], "documents")
+    relevant = None
+    if queries:
+        _must_exist(ctx, queries, "--queries")
+        if queries.lower().endswith(VECTOR_SUFFIXES):
+            xq, gt = _run(ctx, read_vectors, queries), None
+        else:
+            qrows = list(_records(queries, "text", "id", "relevant"))
+            xq, gt = embed([r[1] for r in qrows], "queries"), None
+            relevant = _relevant_rows(queries, qrows, doc_ids if doc_ids is not None else len(xb))
+    if xq is None:
+        raise click.UsageError("give --queries FILE (or an .hdf5 with a test set)", ctx)
+    if ground_truth:
+        _must_exist(ctx, ground_truth, "--ground-truth")
+        gt = _run(ctx, read_vectors, ground_truth).astype(np.int64)
+    if limit:
+        xb, gt = xb[:limit], None  # true neighbours of the full set no longer hold
+    if n_queries:
+        xq = xq[:n_queries]
+        gt = gt[:n_queries] if gt is not None else None
+        relevant = relevant[:n_queries] if relevant is not None else None
+    if gt is not None and len(gt) != len(xq):
+        raise click.UsageError(f"--ground-truth has {len(gt)} rows for {len(xq)} queries", ctx)
+    if xq.shape[1] != xb.shape[1]:
+        raise click.UsageError(f"queries have dimension {xq.shape[1]}, base vectors {xb.shape[1]}: "
+                               "embed both with the same model", ctx)
+    ds = qbench.Dataset(name=name or Path(vectors or corpus).stem, xb=xb, xq=xq, metric=metric or "cosine", gt=gt,
+                        relevant=relevant)
+    configs = configs or qbench.default_sweep(xb.shape[1], len(xb))
+    click.echo(f"{len(xb):,} base vectors × {xb.shape[1]} dims, {len(xq):,} queries, {len(configs)} configurations",
+               err=True)
+
+    def report(r):
+        task = f", MRR@10 {r['mrr_at_10']}" if "mrr_at_10" in r else ""
+        click.echo(f"  {r['config']:<34} {r['bytes_per_vector']:>8.1f} B/vec  R@10 {r['recall_at_10']:.4f}{task}  "
+                   f"{r['qps']:>9,.0f} q/s", err=True)
+
+    records = _run(ctx, qbench.run, ds, configs, progress=report, repeat=repeat)
+    qbench.write_results(out, ds, records, gt_from_file=gt is not None)
+    click.echo(f"wrote {Path(out) / 'results.json'}, results.md and recall_vs_memory.png")
+
+
+def _must_exist(ctx, path: str, option: str) -> None:
+    if not Path(path).is_file():
+        raise click.UsageError(f"{option} {path}: no such file", ctx)
+
+
+def _relevant_rows(path: str, qrows, docs) -> list[frozenset[int] | None] | None:
+    """Each query's ``relevant`` (an id or a list of ids) as base row numbers. ``docs`` is the
+    list of document ids, or the number of base vectors (then ids are row numbers)."""
+    row_of = {d: i for i, d in enumerate(docs)} if isinstance(docs, list) else {str(i): i for i in range(docs)}
+    out: list[frozenset[int] | None] = []
+    for qid, _, meta in qrows:
+        rel = meta.get("relevant")
+        if rel is None:
+            out.append(None)
+            continue
+        rel = rel if isinstance(rel, list) else [rel]
+        unknown = [r for r in rel if str(r) not in row_of]
+        if unknown:
+            raise InputLineError(f"{Path(path).name}: query {qid} names relevant id {unknown[0]!r}, "
+                                 "which is not in the base data")
+        out.append(frozenset(row_of[str(r)] for r in rel))
+    return out if any(r is not None for r in out) else None
