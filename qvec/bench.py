@@ -1,0 +1,476 @@
+"""The recall-vs-memory benchmark behind ``qvec bench``: what each byte saved costs in
+retrieval quality, measured on the user's own vectors or text.
+
+For each configuration (quantization × index × rescore/oversample × search breadth) it
+builds a real store through the public API and measures:
+
+- RAM bytes per vector, from the serialized index (codes + ids + graph links; not from the
+  spec), disk bytes per vector (index + SQLite + FP32 originals when rescoring) and the
+  compression against FP32;
+- recall@1/@10/@100 against exact FP32 search (or the neighbours an ann-benchmarks file
+  ships), and MRR@10/hit@10 when queries carry labels;
+- build time, batch queries/s, single-query p50/p99 latency on one thread, and the very
+  FAISS index the store holds searched directly, in the same run (``qvec_vs_faiss``).
+
+``write_results`` writes results.json, results.md and recall_vs_memory.png (recall@10
+against bytes per vector, log scale, with the Pareto frontier and the INT8 75% line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from . import __version__
+from . import open as open_store
+from .errors import InvalidSpec
+from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
+from .quantization import IndexKind, Quantization
+
+__all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
+           "machine"]
+
+K_VALUES = (1, 10, 100)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One point of the sweep, written ``QUANT/INDEX[/rescore[=OVERSAMPLE]][/nprobe=N][/ef=N]``,
+    e.g. ``int8/flat``, ``pq48/ivf1024/rescore=4/nprobe=64``, ``int8/hnsw32/ef=128``."""
+
+    quantization: str
+    index: str = "flat"
+    rescore: bool = False
+    oversample: int | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Config:
+        parts = [p.strip().lower() for p in str(spec).split("/") if p.strip()]
+        if not parts:
+            raise InvalidSpec(f"empty configuration {spec!r}: expected e.g. int8/flat or pq48/ivf1024/rescore=4")
+        fields: dict = {"quantization": str(Quantization.parse(parts[0]))}
+        if len(parts) > 1 and "=" not in parts[1] and parts[1] != "rescore":
+            fields["index"] = str(IndexKind.parse(parts[1]))
+            parts = parts[2:]
+        else:
+            parts = parts[1:]
+        for p in parts:
+            key, _, value = p.partition("=")
+            if key == "rescore":
+                fields["rescore"] = True
+                if value:
+                    fields["oversample"] = _positive(value, spec)
+            elif key in ("nprobe", "ef", "ef_search"):
+                fields["nprobe" if key == "nprobe" else "ef_search"] = _positive(value, spec)
+            else:
+                raise InvalidSpec(f"unknown option {p!r} in configuration {spec!r}: "
+                                  "expected rescore[=N], nprobe=N or ef=N")
+        return cls(**fields)
+
+    def __str__(self) -> str:
+        s = f"{self.quantization}/{self.index}"
+        if self.rescore:
+            s += f"/rescore={self.oversample}" if self.oversample else "/rescore"
+        if self.nprobe:
+            s += f"/nprobe={self.nprobe}"
+        if self.ef_search:
+            s += f"/ef={self.ef_search}"
+        return s
+
+    def search_params(self) -> dict:
+        p = {"oversample": self.oversample, "nprobe": self.nprobe, "ef_search": self.ef_search}
+        return {k: v for k, v in p.items() if v}
+
+
+def _positive(value: str, spec: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidSpec(f"{value!r} in configuration {spec!r} is not a positive integer")
+    return int(value)
+
+
+def _divisor_near(d: int, target: float) -> int:
+    """The divisor of d closest to target (PQ needs M | d)."""
+    divisors = [m for m in range(1, d + 1) if d % m == 0]
+    return min(divisors, key=lambda m: (abs(m - target), m))
+
+
+def _nlist_for(n: int) -> int:
+    """A power of two near 4·sqrt(n), with FAISS's 39 training points per list."""
+    target = min(4 * n**0.5, n / 39)
+    return max(1, 2 ** round(np.log2(max(target, 1))))
+
+
+def default_sweep(dim: int, n: int) -> list[Config]:
+    """Every quantization from FP32 down to 1 bit, with and without rescoring, plus the
+    approximate indexes at the INT8 and PQ points a large store would use."""
+    pq_big, pq_mid, pq_small = (_divisor_near(dim, dim / f) for f in (4, 8, 16))
+    nlist = _nlist_for(n)
+    ivf = f"ivf{nlist}" if nlist > 1 else "flat"
+    nprobe = max(1, nlist // 8)
+    specs = [
+        "fp32/flat", "fp16/flat", "bf16/flat", "int8/flat", "int4/flat", "int4/flat/rescore=4",
+        f"pq{pq_big}/flat", f"pq{pq_mid}/flat", f"pq{pq_mid}/flat/rescore=4", f"opq{pq_mid}/flat",
+        f"pq{pq_small}/flat/rescore=8", "binary/flat", "binary/flat/rescore=8",
+        f"int8/{ivf}/nprobe={max(1, nprobe // 4)}", f"int8/{ivf}/nprobe={nprobe}", "int8/hnsw32/ef=64",
+        f"pq{pq_mid}/{ivf}/rescore=4/nprobe={nprobe}",
+    ]
+    return list(dict.fromkeys(Config.parse(s) for s in specs))
+
+
+@dataclass
+class Dataset:
+    """Base vectors and queries; ``gt`` are true neighbour row numbers if the data ships them
+    (else exact FP32 search computes them); ``relevant`` is, per query, the set of row numbers
+    a labelled query should find (None for unlabelled queries)."""
+
+    name: str
+    xb: np.ndarray
+    xq: np.ndarray
+    metric: str = "cosine"
+    gt: np.ndarray | None = None
+    gt_scores: np.ndarray | None = None
+    relevant: list[frozenset[int] | None] | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        self.xb = np.ascontiguousarray(self.xb, dtype=np.float32)
+        self.xq = np.ascontiguousarray(self.xq, dtype=np.float32)
+
+    def ground_truth(self, k: int) -> np.ndarray:
+        """True neighbours, with columns beyond k (for ties at the k-th); exact FP32 search
+        computes them (and their scores) unless the data shipped enough of them."""
+        if self.gt is None or self.gt.shape[1] < k:
+            self.gt_scores, self.gt = exact_knn(self.xb, self.xq, min(max(K_VALUES) + 16, len(self.xb)),
+                                                metric=self.metric)
+        return self.gt
+
+    def recall(self, I: np.ndarray, k: int) -> float:
+        return recall_at_k(I, self.ground_truth(k), k, self.gt_scores)
+
+    @property
+    def labelled(self) -> list[int]:
+        return [i for i, r in enumerate(self.relevant or []) if r]
+
+
+def machine() -> dict:
+    """What a result was measured on."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        cpu = platform.processor() or "?"
+    try:
+        ram = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram, "os": platform.platform(),
+            "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
+            "qvec": __version__}
+
+
+def _best_of(fn: Callable, repeat: int):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def _rows(results, k: int) -> np.ndarray:
+    """Hits (ids are row numbers) → an (nq, k) array padded with -1."""
+    return np.array([[int(h.id) for h in r[:k]] + [-1] * (k - len(r[:k])) for r in results], dtype=np.int64)
+
+
+def _raw_faiss_seconds(store, xq: np.ndarray, k: int, cfg: Config, repeat: int) -> float:
+    """Search the FAISS index object the store holds, directly, with the same queries
+    (prepared as the store prepares them) and the same search parameters."""
+    vi = store._index  # noqa: SLF001 -- the comparison needs the very same index object
+    codes = vi._codes(store._prepare(xq))  # noqa: SLF001 -- normalisation and binarisation, as search does
+    kind = store.settings.index.kind
+    if vi.is_ivf:
+        params = faiss.SearchParametersIVF(nprobe=min(cfg.nprobe or vi.default_nprobe, vi.nlist))
+    elif kind == "hnsw":
+        params = faiss.SearchParametersHNSW(efSearch=max(cfg.ef_search or 64, k))
+    else:
+        params = None
+    seconds, _ = _best_of(lambda: vi.index.search(codes, k, params=params), repeat)
+    return seconds
+
+
+def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 200, workdir: str | None = None) -> dict:
+    """Build a store for ``cfg`` from ``ds.xb`` and measure it (see the module docstring)."""
+    n, dim = ds.xb.shape
+    k_max = min(max(K_VALUES), n)
+    tmp = Path(tempfile.mkdtemp(prefix="qvec-bench-", dir=workdir))
+    try:
+        t0 = time.perf_counter()
+        store = open_store(tmp / "s.qvec", quantization=cfg.quantization, index=cfg.index, metric=ds.metric,
+                           rescore=cfg.rescore)
+        ids = [str(i) for i in range(n)]
+        for lo in range(0, n, 100_000):  # bounded batches: one SQLite transaction each
+            store.add(vectors=ds.xb[lo : lo + 100_000], ids=ids[lo : lo + 100_000])
+        store.train()
+        store.checkpoint()
+        build_s = time.perf_counter() - t0
+        st = store.stats()
+        params = cfg.search_params()
+
+        batch_s, res10 = _best_of(lambda: store.search_batch(ds.xq, 10, include=(), **params), repeat)
+        I10 = _rows(res10, 10)
+        I100 = _rows(store.search_batch(ds.xq, k_max, include=(), **params), k_max)
+        kc = 10 * (cfg.oversample or 4) if cfg.rescore else 10
+        faiss_s = _raw_faiss_seconds(store, ds.xq, kc, cfg, repeat)
+
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # latency as one application thread sees it
+        try:
+            lat = []
+            for q in ds.xq[:n_latency]:
+                t = time.perf_counter()
+                store.search(q, 10, include=(), **params)
+                lat.append(time.perf_counter() - t)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        store.close()
+        disk = st["disk_bytes"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    bpv = st["bytes_per_vector"]
+    rec = {
+        "config": str(cfg),
+        "quantization": cfg.quantization,
+        "index": cfg.index,
+        "rescore": cfg.rescore,
+        "oversample": cfg.oversample if cfg.rescore else None,
+        "nprobe": cfg.nprobe,
+        "ef_search": cfg.ef_search,
+        "count": n,
+        "bytes_per_vector": round(bpv, 2),
+        "fp32_fraction": round(bpv / (4 * dim), 4),
+        "saved": round(1 - bpv / (4 * dim), 4),
+        "compression": round(4 * dim / bpv, 2),
+        "ram_index_bytes": round(bpv * n + st["fixed_bytes"]),
+        "disk_bytes": disk["total"],
+        "disk_bytes_per_vector": round(disk["total"] / n, 1),
+        "disk_originals_bytes": disk["originals"],
+    }
+    for k in K_VALUES:
+        if k <= k_max:
+            I = I10 if k <= 10 else I100
+            rec[f"recall_at_{k}"] = round(ds.recall(I, k), 4)
+    lab = ds.labelled
+    if lab:
+        rel = [ds.relevant[i] for i in lab]
+        rec["mrr_at_10"] = round(mrr_at_k(I10[lab], rel, 10), 4)
+        rec["hit_at_10"] = round(hit_at_k(I10[lab], rel, 10), 4)
+    rec |= {
+        "build_s": round(build_s, 2),
+        "qps": round(len(ds.xq) / batch_s, 1),
+        "faiss_qps": round(len(ds.xq) / faiss_s, 1),
+        "qvec_vs_faiss": round(faiss_s / batch_s, 3),
+        "p50_ms": round(1000 * statistics.median(lat), 3),
+        "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3),
+    }
+    return rec
+
+
+def exact_task_quality(ds: Dataset) -> dict:
+    """MRR@10/hit@10 of exact FP32 search: the ceiling the configurations are compared with."""
+    lab = ds.labelled
+    if not lab:
+        return {}
+    gt, rel = ds.ground_truth(10)[lab, :10], [ds.relevant[i] for i in lab]
+    return {"mrr_at_10": round(mrr_at_k(gt, rel, 10), 4), "hit_at_10": round(hit_at_k(gt, rel, 10), 4)}
+
+
+def run(ds: Dataset, configs: Sequence[Config], *, progress: Callable[[dict], None] | None = None, **kw) -> list[dict]:
+    """run_config for each configuration; records are marked ``pareto`` at the end."""
+    ds.ground_truth(min(max(K_VALUES), len(ds.xb)))  # once, before any timing
+    records = []
+    for cfg in configs:
+        rec = run_config(ds, cfg, **kw)
+        records.append(rec)
+        if progress:
+            progress(rec)
+    return pareto(records)
+
+
+def _dominated(r: dict, others: list[dict], x: str, y: str) -> bool:
+    return any(o[x] <= r[x] and o[y] >= r[y] and (o[x] < r[x] or o[y] > r[y]) for o in others if o is not r)
+
+
+def pareto(records: list[dict], x: str = "bytes_per_vector", y: str = "recall_at_10") -> list[dict]:
+    """Mark each record ``pareto`` when no other record is as small and at least as accurate
+    and better in one of the two, and ``pareto_codes_only`` likewise among the records that
+    do not rescore (whose RAM is all they need: no FP32 originals on disk)."""
+    codes_only = [r for r in records if not r["rescore"]]
+    for r in records:
+        r["pareto"] = not _dominated(r, records, x, y)
+        r["pareto_codes_only"] = not r["rescore"] and not _dominated(r, codes_only, x, y)
+    return records
+
+
+# -- outputs -------------------------------------------------------------------------------
+MD_COLUMNS = [
+    ("config", "config"), ("bytes_per_vector", "RAM B/vec"), ("saved", "saved vs FP32"),
+    ("disk_bytes_per_vector", "disk B/vec"), ("recall_at_1", "R@1"), ("recall_at_10", "R@10"),
+    ("recall_at_100", "R@100"), ("mrr_at_10", "MRR@10"), ("hit_at_10", "hit@10"), ("build_s", "build s"),
+    ("qps", "q/s"), ("faiss_qps", "FAISS q/s"), ("qvec_vs_faiss", "qvec/FAISS"), ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+]
+
+
+def _cell(key: str, r: dict) -> str:
+    v = r.get(key)
+    if v is None:
+        return "–"
+    if key == "saved":
+        return f"{100 * v:.1f}%"
+    if key == "config":
+        marks = (" ★" if r.get("pareto") else "") + (" ☆" if r.get("pareto_codes_only") and not r.get("pareto") else "")
+        marks += " ⟵ 75% line" if r["quantization"] == "int8" else ""
+        return f"`{v}`{marks}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def markdown(result: dict) -> str:
+    ds, records = result["dataset"], result["records"]
+    cols = [(k, h) for k, h in MD_COLUMNS if any(r.get(k) is not None for r in records)]
+    lines = [
+        f"# Recall vs memory: {ds['name']}",
+        "",
+        f"{ds['n_docs']:,} vectors of dimension {ds['dim']} ({ds['metric']}), {ds['n_queries']:,} queries"
+        + (f", {ds['n_labelled']:,} of them labelled" if ds.get("n_labelled") else "")
+        + ". " + ds.get("description", ""),
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['ram_gb']} GB; "
+        f"faiss {result['machine']['faiss']}, qvec {result['machine']['qvec']}. Run {result['date']}.",
+        "",
+        "RAM B/vec is measured from the serialized index (codes + 8-byte id + graph links); disk B/vec is the "
+        "whole store directory (index, SQLite, and the FP32 originals that rescoring reads). Recall is against "
+        "exact FP32 search" + (" (the neighbours shipped with the data)" if ds.get("gt_from_file") else "")
+        + "; q/s is one batch of all queries, FAISS q/s the same index searched directly; p50/p99 are single "
+        "queries on one thread. ★ = on the Pareto frontier of RAM vs recall@10; ☆ = on it among the "
+        "configurations without rescoring (nothing on disk beyond the codes); the INT8 rows mark the 75% line.",
+        "",
+    ]
+    if result.get("exact_task_quality"):
+        q = result["exact_task_quality"]
+        lines += [f"Exact FP32 search on the labelled queries: MRR@10 {q['mrr_at_10']}, hit@10 {q['hit_at_10']}.", ""]
+    lines += ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(k, r) for k, _ in cols) + " |" for r in records]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """recall@10 against RAM bytes per vector (log scale), the Pareto frontiers with and
+    without rescoring, and the INT8 (75% saved) and FP32 lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    records, ds = result["records"], result["dataset"]
+    fp32 = 4 * ds["dim"]
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    for rescore, marker, color, label in ((False, "o", "tab:blue", "codes only (RAM)"),
+                                          (True, "^", "tab:orange", "codes + rescore from FP32 originals on disk")):
+        pts = [r for r in records if r["rescore"] == rescore]
+        if pts:
+            ax.scatter([r["bytes_per_vector"] for r in pts], [r["recall_at_10"] for r in pts], marker=marker, s=42,
+                       color=color, label=label, zorder=3)
+    for key, color, style, label in (("pareto", "tab:red", "-", "Pareto frontier"),
+                                     ("pareto_codes_only", "tab:blue", "--", "Pareto frontier, no rescoring")):
+        front = sorted((r for r in records if r.get(key)), key=lambda r: r["bytes_per_vector"])
+        if len(front) > 1:
+            ax.step([r["bytes_per_vector"] for r in front], [r["recall_at_10"] for r in front], where="post",
+                    color=color, ls=style, lw=1.1, label=label, zorder=2)
+    placed: list[tuple[float, float]] = []
+    for r in sorted(records, key=lambda r: (r["bytes_per_vector"], -r["recall_at_10"])):
+        x, y = np.log10(r["bytes_per_vector"]), r["recall_at_10"]
+        near = sum(abs(x - px) < 0.12 and abs(y - py) < 0.02 for px, py in placed)  # stack colliding labels
+        placed.append((x, y))
+        ax.annotate(r["config"], (r["bytes_per_vector"], r["recall_at_10"]), fontsize=7,
+                    xytext=(5, -9 - 9 * near), textcoords="offset points")
+    for x, text, style in ((fp32 / 4, "INT8: 75% less than FP32", "--"), (fp32, "FP32", ":")):
+        ax.axvline(x, color="grey", ls=style, lw=1)
+        ax.annotate(text, (x, 1), xycoords=("data", "axes fraction"), xytext=(-3, -4), textcoords="offset points",
+                    rotation=90, va="top", ha="right", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("RAM bytes per vector (measured from the index, log scale)")
+    ax.set_ylabel("recall@10 against exact FP32 search")
+    ax.set_title(f"{ds['name']}: {ds['n_docs']:,} vectors × {ds['dim']} dims, {ds['n_queries']:,} queries",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_results(out_dir: str | os.PathLike, ds: Dataset, records: list[dict], *, gt_from_file: bool = False,
+                  extra: dict | None = None) -> dict:
+    """DIR/results.json, DIR/results.md and DIR/recall_vs_memory.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "dataset": {"name": ds.name, "description": ds.description, "n_docs": len(ds.xb), "dim": ds.xb.shape[1],
+                    "metric": ds.metric, "n_queries": len(ds.xq), "n_labelled": len(ds.labelled),
+                    "gt_from_file": gt_from_file},
+        "exact_task_quality": exact_task_quality(ds),
+        **(extra or {}),
+        "records": records,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(result))
+    plot(result, out / "recall_vs_memory.png")
+    return result
+
+
+# -- text corpora --------------------------------------------------------------------------
+def embed_cached(texts: Sequence[str], embedder, cache_dir: str | os.PathLike | None,
+                 *, show_progress: bool = False) -> np.ndarray:
+    """Embed ``texts``, or load them from ``cache_dir`` if this model embedded these exact
+    texts before: the file name is a hash of the model name and the texts."""
+    h = hashlib.sha256(embedder.name.encode())
+    for t in texts:
+        h.update(b"\0" + t.encode("utf-8", "surrogatepass"))
+    path = None
+    if cache_dir is not None:
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(embedder.name).name)
+        path = Path(cache_dir) / f"{model}-{len(texts)}-{h.hexdigest()[:16]}.npy"
+        if path.exists():
+            x = np.load(path, allow_pickle=False)
+            if x.shape[0] == len(texts):
+                return x
+    try:
+        x = embedder.embed(texts, show_progress=show_progress)
+    except TypeError:  # an injected embedder without a progress option
+        x = embedder.embed(texts)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, x)
+        os.replace(tmp, path)  # a killed run leaves no half-written cache
+    return x
+
