@@ -22,6 +22,7 @@ from .errors import (
     SettingsConflict,
     StoreLocked,
     StoreNotFound,
+    TextTruncated,
 )
 from .store import FORMAT_VERSION, Hit, Item, Store, open
 
@@ -48,4 +49,5 @@ __all__ = [
     "EmbedderError",
     "StoreLocked",
     "ReadOnlyStore",
+    "TextTruncated",
 ]

@@ -16,6 +16,9 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     ├── EmbedderError                      the embedding model cannot load or run
     ├── StoreLocked                        another process has the store open for writing
     └── ReadOnlyStore                      a write to a store opened read_only=True
+
+A warning, not an error: ``TextTruncated`` (a ``UserWarning``) when a text is longer than the
+model's window and only its beginning is embedded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "EmbedderError",
     "StoreLocked",
     "ReadOnlyStore",
+    "TextTruncated",
 ]
 
 
@@ -100,3 +104,7 @@ class StoreLocked(QvecError):
 
 class ReadOnlyStore(QvecError):
     """A write to a store opened with ``read_only=True``."""
+
+
+class TextTruncated(UserWarning):
+    """Texts longer than the model's token window: only their first tokens were embedded."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_conflicting_settings_on_reopen(store):
 
 
 def test_second_writer_is_refused(store):
-    with pytest.raises(qvec.StoreLocked, match="open for writing in another process"):
+    with pytest.raises(qvec.StoreLocked, match="open for writing elsewhere"):
         qvec.open(store.path)
 
 
@@ -158,3 +159,18 @@ def test_errors_subclass_value_error_where_input_is_at_fault():
     assert issubclass(qvec.IdNotFound, KeyError) and issubclass(qvec.StoreNotFound, FileNotFoundError)
     assert set(qvec.__all__) >= {"open", "Store", "Hit", "QvecError"}
     assert all(hasattr(qvec, name) for name in qvec.__all__)
+
+
+def test_text_longer_than_the_model_window_is_stored_with_a_warning(tmp_path, model):
+    from pydoc_data.topics import topics
+
+    huge = topics["assignment"]  # ~2,500 tokens; the model reads 256
+    with qvec.open(tmp_path / "s", embedder=model) as s:
+        with pytest.warns(qvec.TextTruncated, match=r"1 of 2 texts .* 256-token window .* first 256 tokens"):
+            s.add([huge, "a short text"], ids=["huge", "short"])
+        assert s.get("huge").text == huge  # the whole text is kept; only its embedding is cut
+        with pytest.warns(qvec.TextTruncated):
+            assert s.search(huge, 1)[0].id == "huge"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            s.search("a short query", 1)  # no warning for texts inside the window

@@ -1,0 +1,88 @@
+"""Threads inside one process share one Store: searches run in parallel, writes one at a
+time; and a second writer can wait for the lock instead of failing at once."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import qvec
+
+
+def test_parallel_searches_beside_a_writing_thread_see_whole_batches(tmp_path, corpus):
+    _, xb, _, xq = corpus
+    store = qvec.open(tmp_path / "s.qvec", quantization="int8")
+    store.add(vectors=xb[:320], ids=[f"d{i}" for i in range(320)], metadata=[{"batch": 0}] * 320)
+    store.train()  # later batches go through the FAISS index
+    expected = store.search_batch(xq, 5, include=())
+    errors, rounds = [], []
+
+    def writer():
+        try:
+            for b in range(1, 9):  # eight batches of 40, each all-or-nothing
+                lo = 320 + 40 * (b - 1)
+                store.add(vectors=xb[lo : lo + 40], ids=[f"d{i}" for i in range(lo, lo + 40)],
+                          metadata=[{"batch": b}] * 40)
+                if b % 3 == 0:
+                    store.checkpoint()
+        except Exception as e:  # noqa: BLE001 -- surfaced below
+            errors.append(e)
+
+    def searcher():
+        try:
+            for _ in range(25):
+                n = len(store)
+                assert n % 40 == 0, f"saw a half-applied batch: {n} rows"
+                hits = store.search_batch(xq, 5, where={"batch": 0}, include=("metadata",))
+                assert [[h.id for h in r] for r in hits] == [[h.id for h in r] for r in expected]
+                rounds.append(1)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(rounds) == 75 and len(store) == 640
+    got = store.search_batch(xq, 1, include=())
+    assert [r[0].id for r in got] == [r[0].id for r in qvec.open(tmp_path / "s.qvec", read_only=True)
+                                      .search_batch(xq, 1, include=())]
+    store.close()
+
+
+def test_searches_from_several_threads_match_one_thread(tmp_path, corpus):
+    _, xb, _, xq = corpus
+    with qvec.open(tmp_path / "s.qvec", quantization="pq16", rescore=True) as store:
+        store.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
+        want = [[h.id for h in store.search(q, 10, include=())] for q in xq]
+        got = [None] * len(xq)
+
+        def work(part):
+            for i in part:
+                got[i] = [h.id for h in store.search(xq[i], 10, include=())]
+
+        threads = [threading.Thread(target=work, args=(range(j, len(xq), 4),)) for j in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert got == want
+
+
+def test_a_second_writer_waits_for_the_lock_when_asked(tmp_path, corpus):
+    path = tmp_path / "s.qvec"
+    first = qvec.open(path)
+    first.add(vectors=corpus[1][:10], ids=[str(i) for i in range(10)])
+    t0 = time.monotonic()
+    with pytest.raises(qvec.StoreLocked, match=r"waited 0.3s.*lock_timeout"):
+        qvec.open(path, lock_timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    threading.Timer(0.5, first.close).start()
+    with qvec.open(path, lock_timeout=30) as second:  # gets the lock once the first closes
+        assert len(second) == 10
+    with pytest.raises(qvec.InvalidInput, match="lock_timeout"):
+        qvec.open(path, lock_timeout=-1)
+    np.testing.assert_equal(len(qvec.open(path, read_only=True)), 10)
