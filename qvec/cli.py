@@ -99,17 +99,6 @@ def _jsonl(stream, name):
         yield i, row
 
 
-def _batches(it, n):
-    batch = []
-    for x in it:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
@@ -117,6 +106,8 @@ def _batches(it, n):
               help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, binary")
 @click.option("--index", default=None, help="flat (default), ivf{nlist}, hnsw{M}")
 @click.option("--model", default=None, help="sentence-transformers name or path (default all-MiniLM-L6-v2)")
+@click.option("--model-precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="run the embedding model with fp32 (default) or int8 weights (faster, see the README)")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--metadata-fields", default=None, help="comma-separated fields to keep as metadata, or 'all'")
@@ -125,8 +116,8 @@ def _batches(it, n):
 @click.option("--upsert", is_flag=True, help="replace rows whose id exists (default: skip them)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
-def build(ctx, store, inputs, quantization, index, model, text_field, id_field, metadata_fields, batch_size,
-          rescore, upsert, quiet):
+def build(ctx, store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
+          batch_size, rescore, upsert, quiet):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
     metadata optionally from a .jsonl beside it as NAME.jsonl).
@@ -138,7 +129,8 @@ def build(ctx, store, inputs, quantization, index, model, text_field, id_field, 
       qvec build docs.qvec corpus.jsonl --quantization int8 --metadata-fields lang,year
     """
     t0 = time.perf_counter()
-    s = _run(ctx, open_store, store, quantization=quantization, index=index, model=model, rescore=rescore)
+    s = _run(ctx, open_store, store, quantization=quantization, index=index, model=model, rescore=rescore,
+             model_precision=model_precision)
     added = skipped = 0
     try:
         for path in inputs:
@@ -154,8 +146,9 @@ def build(ctx, store, inputs, quantization, index, model, text_field, id_field, 
         s.close()
     bpv = st.get("bytes_per_vector")
     mem = f"{bpv:.1f} bytes/vector in RAM, {st['compression']:.1f}x smaller than FP32" if bpv else "not trained yet"
+    seconds = time.perf_counter() - t0
     click.echo(f"{st['count']} vectors in {store} (+{added} added, {skipped} already stored): {mem}; "
-               f"{time.perf_counter() - t0:.1f}s")
+               f"{seconds:.1f}s, {added / seconds:,.1f} documents/s")
 
 
 def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet):
@@ -172,17 +165,9 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     bar = tqdm(desc=Path(path).name if path != "-" else "stdin", unit="doc", total=total,
                disable=not show, file=sys.stderr)
     with bar:
-        for batch in _batches(_records(path, text_field, id_field, metadata_fields), batch_size):
-            ids = [b[0] for b in batch]
-            if not upsert:
-                have = set(s.db.fids_of(ids))
-                batch = [b for b in batch if b[0] not in have]
-                skipped += len(ids) - len(batch)
-            if batch:
-                write = s.upsert if upsert else s.add
-                _run(ctx, write, [b[1] for b in batch], ids=[b[0] for b in batch], metadata=[b[2] for b in batch])
-                added += len(batch)
-            bar.update(len(ids))
+        rows = _records(path, text_field, id_field, metadata_fields)
+        added, skipped = _run(ctx, s.ingest, rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
+                              on_batch=lambda n_read, _: bar.update(n_read))
     return added, skipped
 
 
@@ -219,8 +204,10 @@ def _build_vectors(ctx, s, path, upsert):
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth")
 @click.option("--oversample", type=int, default=None, help="candidates per hit to rescore")
 @click.option("--queries-file", type=click.File(), default=None, help="one query per line ('-' for stdin)")
+@click.option("--model-precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="embed the queries at this precision (default: the store's)")
 @click.pass_context
-def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file):
+def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file, model_precision):
     """Search STORE for each QUERY (text).
 
     \b
@@ -235,7 +222,7 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
     except json.JSONDecodeError as e:
         raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
     params = {k_: v for k_, v in (("nprobe", nprobe), ("ef_search", ef_search), ("oversample", oversample)) if v}
-    with _run(ctx, open_store, store, read_only=True) as s:
+    with _run(ctx, open_store, store, read_only=True, model_precision=model_precision) as s:
         results = _run(ctx, s.search_batch, queries, k, where=filt, **params)
     out = io.StringIO()
     for q, hits in zip(queries, results):

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import EmbedderError
+from .errors import EmbedderError, InvalidSpec, TextTruncated
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MODEL_PRECISIONS = ("fp32", "int8")
 
-__all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "resolve_model_path"]
+__all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "MODEL_PRECISIONS", "resolve_model_path"]
 
 
 @runtime_checkable
@@ -70,11 +72,29 @@ def _load(name: str):
         return _models[name]
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded on first use."""
+_int8: dict[str, object] = {}
 
-    def __init__(self, name: str = DEFAULT_MODEL):
+
+def _load_int8(name: str):
+    st = _load(name)  # tokenizer, pooling and the weights to export come from the FP32 model
+    with _models_lock:
+        if name not in _int8:
+            from .int8model import OnnxInt8Encoder
+
+            _int8[name] = OnnxInt8Encoder(st, resolve_model_path(name))
+        return _int8[name]
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded on first use. ``precision="int8"`` runs it with
+    INT8 weights through ONNX Runtime (see ``qvec.int8model``); tokenizer, pooling and
+    normalisation stay the model's own."""
+
+    def __init__(self, name: str = DEFAULT_MODEL, precision: str = "fp32"):
+        if precision not in MODEL_PRECISIONS:
+            raise InvalidSpec(f"unknown model_precision {precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
         self.name = name
+        self.precision = precision
         self._dim: int | None = None
 
     @property
@@ -90,10 +110,38 @@ class SentenceTransformerEmbedder:
         return self._dim
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-        x = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        )
+        self._warn_if_truncated(texts)
+        if self.precision == "int8":
+            x = _load_int8(self.name).encode(list(texts), batch_size=batch_size)
+        else:
+            x = self.model.encode(
+                list(texts),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
+            )
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _warn_if_truncated(self, texts: Sequence[str]) -> None:
+        """sentence-transformers embeds only a text's first ``max_seq_length`` tokens, silently:
+        say so. A token spans at least one character, so only texts longer than the window in
+        characters need tokenizing."""
+        model = self.model
+        window = getattr(model, "max_seq_length", None)
+        tokenizer = getattr(model, "tokenizer", None)
+        if not window or tokenizer is None:
+            return
+        long = [t for t in texts if len(t) > window - 2]  # [CLS] and [SEP] take two places
+        if not long:
+            return
+        lengths = [len(ids) for ids in tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)
+                   ["input_ids"]]
+        over = [n for n in lengths if n > window]
+        if over:
+            warnings.warn(
+                f"{len(over)} of {len(texts)} texts are longer than {self.name}'s {window}-token window "
+                f"(longest {max(over):,} tokens): only their first {window} tokens are embedded; "
+                "split long documents into passages to make all of their text searchable",
+                TextTruncated,
+                stacklevel=2,
+            )

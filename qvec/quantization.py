@@ -116,6 +116,7 @@ class Settings:
     index: IndexKind = IndexKind("flat")
     metric: str = "cosine"
     model: str | None = None
+    model_precision: str = "fp32"  # of the model that embedded the texts (stores before it: fp32)
     rescore: bool = False
     range_stat: str = "minmax"
 

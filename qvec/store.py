@@ -17,9 +17,13 @@ import functools
 import hashlib
 import json
 import os
+import queue
+import threading
+import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +31,7 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
-from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder
+from .embedder import DEFAULT_MODEL, MODEL_PRECISIONS, Embedder, SentenceTransformerEmbedder
 from .errors import (
     CorruptStore,
     DimensionMismatch,
@@ -35,6 +39,7 @@ from .errors import (
     IdNotFound,
     IncompatibleStore,
     InvalidInput,
+    InvalidSpec,
     NotTrained,
     ReadOnlyStore,
     SettingsConflict,
@@ -94,9 +99,11 @@ def open(
     rescore: bool | None = _UNSET,
     dim: int | None = _UNSET,
     range_stat: str | None = _UNSET,
+    model_precision: str | None = None,
     embedder: Embedder | None = None,
     create: bool = True,
     read_only: bool = False,
+    lock_timeout: float | None = 0,
 ) -> Store:
     """Create the store at ``path``, or reopen it.
 
@@ -105,7 +112,11 @@ def open(
     model). When reopening, settings come from the store; one given that differs is a
     ``SettingsConflict``. ``embedder`` injects any object with ``name``, ``dim``, ``embed``.
 
-    One process at a time may open a store for writing (another gets ``StoreLocked``).
+    One process at a time may open a store for writing: another ``open`` gets ``StoreLocked``
+    at once, or after waiting up to ``lock_timeout`` seconds (``None``: wait as long as it takes).
+    ``model_precision`` ("fp32" or "int8") is the precision the embedding model runs at; a new
+    store records it, and texts added later must be embedded at the same precision. Queries
+    may use another (``stats()`` reports it), e.g. ``model_precision="int8"`` for fast queries.
     ``read_only=True`` opens a consistent snapshot beside a writer, any number of times:
     it sees every batch committed before it opened (or last called ``refresh()``) and none after.
     """
@@ -119,7 +130,11 @@ def open(
         "range_stat": range_stat,
     }
     requested = {k: v for k, v in requested.items() if v is not None}
-    return Store(Path(path), requested, embedder, create and not read_only, read_only)
+    if lock_timeout is not None and (isinstance(lock_timeout, bool) or not lock_timeout >= 0):
+        raise InvalidInput(f"lock_timeout must be seconds >= 0 or None, got {lock_timeout!r}")
+    if model_precision is not None and model_precision not in MODEL_PRECISIONS:
+        raise InvalidSpec(f"unknown model_precision {model_precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
+    return Store(Path(path), requested, embedder, create and not read_only, read_only, lock_timeout, model_precision)
 
 
 def _as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
@@ -151,12 +166,81 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _ReadWriteLock:
+    """Threads of one process: any number of readers, or one writer. A waiting writer holds
+    back new readers (no starvation); both sides are re-entrant in their own thread."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting = 0
+        self._mine = threading.local()
+
+    @contextmanager
+    def shared(self):
+        me = threading.get_ident()
+        held = getattr(self._mine, "reads", 0)
+        with self._cond:
+            if self._writer != me and not held:
+                self._cond.wait_for(lambda: self._writer is None and not self._waiting)
+            self._readers += 1
+        self._mine.reads = held + 1
+        try:
+            yield
+        finally:
+            self._mine.reads = held
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me:
+                self._waiting += 1
+                self._cond.wait_for(lambda: self._writer is None and self._readers == 0)
+                self._waiting -= 1
+                self._writer = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                self._cond.notify_all()
+
+
+def _reads(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._rw.shared():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _writes(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._rw.exclusive():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Store:
     """A compressed vector store. Use ``qvec.open``; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, requested: dict, embedder: Embedder | None, create: bool, read_only: bool):
+    def __init__(self, path: Path, requested: dict, embedder: Embedder | None, create: bool, read_only: bool,
+                 lock_timeout: float | None = 0, model_precision: str | None = None):
         self.path = path
         self.read_only = read_only
+        self._rw = _ReadWriteLock()  # searches in parallel; writes one at a time, alone
         if path.exists() and not path.is_dir():
             raise StoreNotFound(f"{path} is a file, not a qvec store: pass a directory path")
         db_path = path / DB_FILE
@@ -166,10 +250,10 @@ class Store:
             if path.exists() and any(path.iterdir()):
                 raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
             path.mkdir(parents=True, exist_ok=True)
-        self._lock = None if read_only else self._acquire_lock()
+        self._lock = None if read_only else self._acquire_lock(lock_timeout)
         self.db = MetadataDB(db_path)
         try:
-            self._requested, self._embedder = requested, embedder
+            self._requested, self._embedder, self._session_precision = requested, embedder, model_precision
             self._load_snapshot() if read_only else self._load()
         except BaseException:
             self.db.close()
@@ -177,14 +261,20 @@ class Store:
             raise
 
     # -- opening ------------------------------------------------------------------------
-    def _acquire_lock(self):
+    def _acquire_lock(self, timeout: float | None):
         f = builtins.open(self.path / LOCK_FILE, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise StoreLocked(f"{self.path} is open for writing in another process: close it there first") from None
-        return f
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    f.close()
+                    waited = f" (waited {timeout:g}s)" if timeout else ""
+                    raise StoreLocked(f"{self.path} is open for writing elsewhere{waited}: close it there, "
+                                      "open with read_only=True, or pass lock_timeout= to wait") from None
+                time.sleep(0.05)
 
     def _release_lock(self):
         if self._lock is not None:
@@ -208,6 +298,7 @@ class Store:
             finally:
                 self.db.conn.execute("COMMIT")
 
+    @_writes
     def refresh(self) -> bool:
         """Read-only stores: load what writers committed since opening. Returns whether
         anything changed. (A writer's own store is always current.)"""
@@ -271,6 +362,7 @@ class Store:
             index=IndexKind.parse(r.get("index", "flat")),
             metric=r.get("metric", "cosine"),
             model=r.get("model", DEFAULT_MODEL),
+            model_precision=self.model_precision,
             rescore=bool(r.get("rescore", False)),
             range_stat=r.get("range_stat") or DEFAULT_RANGE_STAT.get(q.kind, "minmax"),
         )
@@ -337,13 +429,23 @@ class Store:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             name = self.settings.model if self.settings else self._requested.get("model", DEFAULT_MODEL)
-            self._embedder = SentenceTransformerEmbedder(name or DEFAULT_MODEL)
+            self._embedder = SentenceTransformerEmbedder(name or DEFAULT_MODEL, self.model_precision)
         return self._embedder
+
+    @property
+    def model_precision(self) -> str:
+        """The precision this Store embeds texts at: as opened, else the store's own."""
+        if self._embedder is not None:
+            return getattr(self._embedder, "precision", "fp32")
+        if self._session_precision:
+            return self._session_precision
+        return self.settings.model_precision if self.settings else "fp32"
 
     @property
     def is_trained(self) -> bool:
         return self._index is not None and self._index.is_trained
 
+    @_reads
     def __len__(self) -> int:
         return self.db.count()
 
@@ -401,9 +503,18 @@ class Store:
             raise ReadOnlyStore(f"{self.path} was opened with read_only=True: open it without to write")
 
     def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
+        texts, x, ids, metas = self._validate(texts, vectors, ids, metadata, upsert)
+        if texts is not None:
+            x = self._embed(texts)  # outside the lock: searches go on while the model runs
+        with self._rw.exclusive():
+            return self._apply_write(texts, x, ids, metas, upsert)
+
+    def _validate(self, texts, vectors, ids, metadata, upsert: bool):
+        """Check one batch before any work is spent on it: (texts, vectors, ids, metadata JSON)."""
         self._writable()
         if (texts is None) == (vectors is None):
             raise InvalidInput("pass either texts or vectors=, not both or neither")
+        x = None
         if texts is not None:
             texts = [texts] if isinstance(texts, str) else list(texts)
             for i, t in enumerate(texts):
@@ -424,12 +535,124 @@ class Store:
             if len(metadata) != n:
                 raise InvalidInput(f"got {len(metadata)} metadata dicts for {n} rows: pass one per row")
             metas = [dump_metadata(m) for m in metadata]
+        if not upsert:
+            self._refuse_existing(ids)  # before embedding: a duplicate should not cost the model's time
+        if texts is not None and self.settings is not None and self.model_precision != self.settings.model_precision:
+            raise SettingsConflict(
+                f"{self.path}'s texts were embedded at model_precision={self.settings.model_precision!r}, this Store "
+                f"embeds at {self.model_precision!r}: mixing them in one index loses recall; reopen with "
+                f"model_precision={self.settings.model_precision!r} to add texts (other precisions may search)"
+            )
+        return texts, x, ids, metas
+
+    def ingest(self, rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int = 256, upsert: bool = False,
+               skip_existing: bool = False, on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Add ``(id, text, metadata)`` rows from any iterable (a file being read, a generator),
+        pipelined: reading the next batch, embedding this one and writing the one before
+        overlap, in three threads. Each batch is one transaction, as ``add`` would commit it,
+        so a failure keeps the batches before it. ``skip_existing`` skips ids already stored
+        (``upsert`` replaces them; otherwise they are a ``DuplicateId``). ``on_batch(read,
+        added)`` is called after each batch is written. Returns (added, skipped)."""
+        self._writable()
+        stop = threading.Event()
+        read_q: queue.Queue = queue.Queue(maxsize=2)
+        write_q: queue.Queue = queue.Queue(maxsize=2)
+        failed: list[BaseException] = []
+        added = skipped = 0
+
+        def put(q, item):  # give up when another stage failed
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def get(q):  # None at the end, or when another stage failed
+            while not stop.is_set():
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return None
+
+        def reader():
+            try:
+                batch: list = []
+                for row in rows:
+                    batch.append(row)
+                    if len(batch) == batch_size:
+                        if not put(read_q, batch):
+                            return
+                        batch = []
+                if batch:
+                    put(read_q, batch)
+            except BaseException as e:  # noqa: BLE001 -- handed to the caller's thread
+                failed.append(e)
+            finally:
+                put(read_q, None)
+
+        def writer():
+            nonlocal added
+            try:
+                while (item := write_q.get()) is not None:
+                    n_read, texts, x, ids, metas = item
+                    if texts:
+                        with self._rw.exclusive():
+                            self._apply_write(texts, x, ids, metas, upsert)
+                        added += len(ids)
+                    if on_batch:
+                        on_batch(n_read, len(ids))
+            except BaseException as e:  # noqa: BLE001
+                failed.append(e)
+                stop.set()
+
+        threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+        for t in threads:
+            t.start()
+        queued: set[str] = set()  # ids read but maybe not yet written: a repeat is skipped, not re-added
+        try:
+            while (batch := get(read_q)) is not None:
+                ids = [r[0] for r in batch]
+                keep = list(range(len(batch)))
+                with self._rw.shared():  # not in the middle of the writer's transaction
+                    if skip_existing and not upsert:
+                        stored = set(self.db.fids_of(ids))
+                        keep = []
+                        for i, rid in enumerate(ids):
+                            if rid not in stored and rid not in queued:
+                                keep.append(i)
+                                queued.add(rid)
+                        skipped += len(batch) - len(keep)
+                    if keep:
+                        texts, _, ids, metas = self._validate([batch[i][1] for i in keep], None,
+                                                              [ids[i] for i in keep],
+                                                              [batch[i][2] or {} for i in keep], upsert)
+                item = (len(batch), [], None, [], [])
+                if keep:
+                    item = (len(batch), texts, self._embed(texts), ids, metas)
+                if not put(write_q, item):
+                    break
+        finally:
+            put(write_q, None)  # the writer commits what is queued, even when this thread failed
+            threads[1].join()
+            stop.set()  # releases a reader blocked on a full queue
+            threads[0].join()
+        if failed:
+            raise failed[0]
+        return added, skipped
+
+    def _refuse_existing(self, ids) -> dict:
         existing = self.db.fids_of(ids)
-        if existing and not upsert:
+        if existing:
             some = ", ".join(repr(i) for i in list(existing)[:3])
             raise DuplicateId(f"{len(existing)} id(s) exist already ({some}): use upsert() to replace them")
-        if texts is not None:
-            x = self._embed(texts)
+        return existing
+
+    def _apply_write(self, texts, x, ids, metas, upsert: bool) -> list[str]:
+        n = len(ids)
+        existing = self.db.fids_of(ids) if upsert else self._refuse_existing(ids)
         self._ensure_settings(x.shape[1])
         x = self._prepare(x)
 
@@ -474,6 +697,7 @@ class Store:
             raise DuplicateId(f"id {dup!r} appears twice in one batch: ids must be unique")
         return ids
 
+    @_writes
     def delete(self, ids) -> int:
         """Delete rows by id; all or nothing: an unknown id is an ``IdNotFound``."""
         self._writable()
@@ -518,6 +742,7 @@ class Store:
         elif self._log_rows >= max(CHECKPOINT_ROWS, idx.ntotal // 4):
             self.checkpoint()
 
+    @_writes
     def train(self, vectors=None) -> None:
         """Train the codes (scales, codebooks, centroids) on ``vectors`` or on the vectors
         waiting in the store, then index every waiting vector."""
@@ -555,6 +780,7 @@ class Store:
             self._pending.clear()
         self.checkpoint()
 
+    @_writes
     def checkpoint(self, *, compact: bool = False) -> None:
         """Save the index to a new file and empty the log (done on close and as the log grows).
         ``compact`` also rebuilds an HNSW graph without its deleted vectors."""
@@ -608,6 +834,7 @@ class Store:
         return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
 
     # -- reads --------------------------------------------------------------------------------
+    @_reads
     def get(self, ids):
         """The stored row(s): ``get("a")`` → Item, ``get(["a", "b"])`` → [Item, Item]."""
         single = isinstance(ids, str)
@@ -625,9 +852,11 @@ class Store:
             raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
         return {i: found[i] for i in ids}
 
+    @_reads
     def ids(self) -> list[str]:
         return self.db.ids()
 
+    @_reads
     def vectors(self, ids) -> np.ndarray:
         """The stored vectors for ids, (n, dim) float32: the FP32 originals when the store
         keeps them (rescore=True) or while untrained, else decoded from the codes (lossy)."""
@@ -650,6 +879,7 @@ class Store:
                                "use search_batch() for several")
         return self.search_batch(x[None, :], k, where=where, include=include, **params)[0]
 
+    @_reads
     def search_batch(self, queries, k: int = 10, *, where=None, include=("text", "metadata"), **params):
         """search() for a list of strings or an (nq, dim) array: one list of Hits per query.
         params: nprobe (ivf), ef_search (hnsw), oversample (rescore: candidates = k × oversample)."""
@@ -751,6 +981,7 @@ class Store:
         return out
 
     # -- accounting ---------------------------------------------------------------------------
+    @_reads
     def stats(self) -> dict:
         """Counts, settings, memory per vector (measured from the index), compression vs FP32,
         disk use by file and the trained scales/codebooks."""
@@ -764,6 +995,9 @@ class Store:
             "index": str(s.index),
             "metric": s.metric,
             "model": s.model,
+            "model_precision": s.model_precision,
+            "query_model_precision": self.model_precision,
+            "model_precision_mismatch": self.model_precision != s.model_precision,
             "rescore": s.rescore,
             "range_stat": s.range_stat if s.quantization.kind in ("int8", "int4") else None,
             "trained": self.is_trained,
@@ -791,6 +1025,7 @@ class Store:
     def _meta_value(self, key):
         return self.db.get_settings().get(key)
 
+    @_writes
     def close(self) -> None:
         """Checkpoint the index and release the store."""
         if self.read_only:

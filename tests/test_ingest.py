@@ -1,0 +1,110 @@
+"""Fast ingest (issue 6): the INT8 embedding model, and the pipelined ingest that
+`qvec build` uses (reading, embedding and writing overlap; each batch one transaction)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import qvec
+from qvec.cli import main
+
+
+@pytest.fixture(scope="session")
+def int8_model(request):
+    """The INT8 model, exported once into pytest's cache (about 20 s the first time)."""
+    import os
+
+    os.environ["QVEC_CACHE"] = str(request.config.cache.mkdir("qvec-models"))
+    from qvec.embedder import SentenceTransformerEmbedder
+
+    emb = SentenceTransformerEmbedder(precision="int8")
+    emb.embed(["warm up"])
+    return emb
+
+
+def test_int8_model_embeddings_stay_close_to_fp32(corpus, model, int8_model):
+    docs = corpus[0][:64]
+    a, b = model.embed(docs), int8_model.embed(docs)
+    assert a.shape == b.shape == (64, 384) and b.dtype == np.float32
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.mean() > 0.98 and cos.min() > 0.95
+    # the same neighbours, mostly: each text's nearest other text under both models
+    na, nb = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    sa, sb = na @ na.T - 2 * np.eye(64), nb @ nb.T - 2 * np.eye(64)
+    assert (sa.argmax(1) == sb.argmax(1)).mean() > 0.85
+
+
+def test_store_records_the_model_precision_and_reports_a_mismatch(tmp_path, corpus, int8_model):
+    docs = corpus[0][:40]
+    with qvec.open(tmp_path / "s", model_precision="int8") as s:
+        s.add(docs, ids=[str(i) for i in range(40)])
+        st = s.stats()
+        assert st["model_precision"] == st["query_model_precision"] == "int8"
+        assert not st["model_precision_mismatch"]
+        assert s.search(docs[7], 1)[0].id == "7"
+    with qvec.open(tmp_path / "s", model_precision="fp32") as s:  # queries at another precision: allowed
+        assert s.search(docs[7], 1)[0].id == "7"
+        st = s.stats()
+        assert st["model_precision"] == "int8" and st["query_model_precision"] == "fp32"
+        assert st["model_precision_mismatch"]
+        with pytest.raises(qvec.SettingsConflict, match="model_precision='int8' to add texts"):
+            s.add(["a new text"], ids=["new"])
+        assert len(s) == 40
+    with qvec.open(tmp_path / "s") as s:  # reopened plainly: the store's own precision
+        assert s.model_precision == "int8"
+    with pytest.raises(qvec.InvalidSpec, match="unknown model_precision 'int4'"):
+        qvec.open(tmp_path / "t", model_precision="int4")
+
+
+def test_cli_builds_and_searches_with_the_int8_model(tmp_path, corpus, int8_model):
+    (tmp_path / "d.txt").write_text("\n".join(corpus[0][:30]) + "\n")
+    r = CliRunner().invoke(main, ["build", str(tmp_path / "d.qvec"), str(tmp_path / "d.txt"),
+                                  "--model-precision", "int8"])
+    assert r.exit_code == 0 and "documents/s" in r.output, r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "d.qvec"), "--json"])
+    assert json.loads(r.output)["model_precision"] == "int8"
+    r = CliRunner().invoke(main, ["search", str(tmp_path / "d.qvec"), corpus[0][3], "-k", "1", "--json"])
+    assert json.loads(r.output)["id"] == "d.txt:4", r.output
+
+
+class Fixed:
+    """A stand-in model: texts map to fixed vectors, so the pipeline is tested without torch."""
+
+    name, dim, precision = "fixed", 8, "fp32"
+
+    def embed(self, texts):
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]).astype(np.float32)
+
+
+def test_ingest_commits_batches_in_order_and_skips_what_is_stored(tmp_path):
+    rows = [(f"r{i}", f"text {i}", {"i": i}) for i in range(1000)]
+    seen = []
+    with qvec.open(tmp_path / "s", embedder=Fixed(), quantization="fp32") as s:
+        assert s.ingest(rows[:300], batch_size=64) == (300, 0)
+        # a rerun over everything adds only what is new; a repeat inside the stream is skipped too
+        added, skipped = s.ingest(rows + rows[990:], batch_size=64, skip_existing=True,
+                                  on_batch=lambda n, a: seen.append((n, a)))
+        assert (added, skipped) == (700, 310)
+        assert sum(n for n, _ in seen) == 1010 and sum(a for _, a in seen) == 700
+        assert len(s) == 1000 and s.get("r999").metadata == {"i": 999}
+        assert s.search(Fixed().embed(["text 500"])[0], 1)[0].id == "r500"
+
+
+def test_ingest_failures_keep_the_batches_before_them(tmp_path):
+    def rows():
+        for i in range(500):
+            if i == 300:
+                raise ValueError("input line 300 is broken")
+            yield f"r{i}", f"text {i}", None
+
+    with qvec.open(tmp_path / "s", embedder=Fixed(), quantization="fp32") as s:
+        with pytest.raises(ValueError, match="line 300"):
+            s.ingest(rows(), batch_size=100)
+        assert len(s) == 300  # batches 0-2 committed whole
+        with pytest.raises(qvec.DuplicateId):  # without skip_existing, a stored id is an error
+            s.ingest([("r5", "again", None)])
+        with pytest.raises(qvec.InvalidInput, match="text 1 is empty"):
+            s.ingest([("x1", "fine", None), ("x2", " ", None)], batch_size=2)
+        assert len(s) == 300
