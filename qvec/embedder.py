@@ -109,7 +109,9 @@ class SentenceTransformerEmbedder:
             self._dim = int(get())
         return self._dim
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, batch_size: int = 16, show_progress: bool = False) -> np.ndarray:
+        # 16 per batch: on 2 cores both precisions ran fastest there (64: -25%, 256: -50%).
+        # Batches sort by length, and short batches pad less.
         self._warn_if_truncated(texts)
         if self.precision == "int8":
             x = _load_int8(self.name).encode(list(texts), batch_size=batch_size)
