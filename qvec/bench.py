@@ -451,13 +451,15 @@ def write_results(out_dir: str | os.PathLike, ds: Dataset, records: list[dict], 
 def embed_cached(texts: Sequence[str], embedder, cache_dir: str | os.PathLike | None,
                  *, show_progress: bool = False) -> np.ndarray:
     """Embed ``texts``, or load them from ``cache_dir`` if this model embedded these exact
-    texts before: the file name is a hash of the model name and the texts."""
-    h = hashlib.sha256(embedder.name.encode())
+    texts before: the file name is a hash of the model name, its precision and the texts."""
+    precision = getattr(embedder, "precision", "fp32")
+    tag = embedder.name if precision == "fp32" else f"{embedder.name}-{precision}"
+    h = hashlib.sha256(tag.encode())
     for t in texts:
         h.update(b"\0" + t.encode("utf-8", "surrogatepass"))
     path = None
     if cache_dir is not None:
-        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(embedder.name).name)
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(tag).name)
         path = Path(cache_dir) / f"{model}-{len(texts)}-{h.hexdigest()[:16]}.npy"
         if path.exists():
             x = np.load(path, allow_pickle=False)

@@ -191,3 +191,26 @@ def test_bench_usage_errors_are_one_line(runner, tmp_path, corpus):
     for args, says in cases:
         r = runner.invoke(main, args)
         assert r.exit_code == 2 and says in r.output, (args, r.output)
+
+
+def test_bench_takes_ground_truth_from_ivecs_and_limits(runner, tmp_path, corpus):
+    _, xb, _, xq = corpus
+    write_vecs(tmp_path / "docs.fvecs", xb)
+    np.save(tmp_path / "q.npy", xq)
+    _, gt = exact_knn(xb, xq, 100)
+    write_vecs(tmp_path / "gt.ivecs", gt)
+    base = ["bench", "--vectors", str(tmp_path / "docs.fvecs"), "--queries", str(tmp_path / "q.npy"),
+            "--config", "fp32/flat", "--repeat", "1"]
+    r = runner.invoke(main, base + ["--ground-truth", str(tmp_path / "gt.ivecs"), "--n-queries", "20",
+                                    "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    res, by = _results(tmp_path / "a")
+    assert res["dataset"]["gt_from_file"] and res["dataset"]["n_queries"] == 20
+    assert by["fp32/flat"]["recall_at_10"] == 1.0
+    # --limit drops the file's neighbours (they index the full set) and searches exactly instead
+    r = runner.invoke(main, base + ["--ground-truth", str(tmp_path / "gt.ivecs"), "--limit", "300",
+                                    "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    res, by = _results(tmp_path / "b")
+    assert not res["dataset"]["gt_from_file"] and res["dataset"]["n_docs"] == 300
+    assert by["fp32/flat"]["recall_at_100"] == 1.0
