@@ -11,6 +11,7 @@ import io
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
-from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError
+from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
 from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
 
 USAGE_ERRORS = (InvalidSpec, InvalidFilter)
@@ -164,10 +165,18 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
             total = sum(1 for _ in f) - (Path(path).suffix.lower() == ".csv")
     bar = tqdm(desc=Path(path).name if path != "-" else "stdin", unit="doc", total=total,
                disable=not show, file=sys.stderr)
-    with bar:
+    with bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", TextTruncated)  # one summary line below instead of one per batch
         rows = _records(path, text_field, id_field, metadata_fields)
         added, skipped = _run(ctx, s.ingest, rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
                               on_batch=lambda n_read, _: bar.update(n_read))
+    emb = s._embedder  # noqa: SLF001 -- only if texts were embedded; never loads the model
+    if getattr(emb, "truncated", 0):
+        window = getattr(getattr(emb, "model", None), "max_seq_length", "?")
+        click.echo(f"note: {emb.truncated} of the texts in {Path(path).name} are longer than {emb.name}'s "
+                   f"{window}-token window; only their first {window} tokens were embedded "
+                   "(split long documents into passages to make all of their text searchable)", err=True)
+        emb.truncated = 0
     return added, skipped
 
 
@@ -261,7 +270,7 @@ def info(ctx, store, as_json):
     if st.get("dim"):
         lines += [
             f"settings     {st['quantization']} / {st['index']} / {st['metric']}, dim {st['dim']}, "
-            f"model {st['model']}, rescore {'on' if st['rescore'] else 'off'}",
+            f"model {st['model']} at {st['model_precision']}, rescore {'on' if st['rescore'] else 'off'}",
             "trained      " + ("yes" if st["trained"] else f"no ({st['pending_untrained']} vectors wait)"),
         ]
         if st["bytes_per_vector"]:

@@ -95,6 +95,7 @@ class SentenceTransformerEmbedder:
             raise InvalidSpec(f"unknown model_precision {precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
         self.name = name
         self.precision = precision
+        self.truncated = 0  # texts embedded from their first max_seq_length tokens only, so far
         self._dim: int | None = None
 
     @property
@@ -139,6 +140,7 @@ class SentenceTransformerEmbedder:
         lengths = [len(ids) for ids in tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)
                    ["input_ids"]]
         over = [n for n in lengths if n > window]
+        self.truncated += len(over)
         if over:
             warnings.warn(
                 f"{len(over)} of {len(texts)} texts are longer than {self.name}'s {window}-token window "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -155,3 +156,18 @@ def test_debug_shows_the_traceback(runner, tmp_path):
     assert r.exit_code == 1 and r.exception is not None and isinstance(r.exception, SystemExit)
     r = runner.invoke(main, ["--debug", "info", str(tmp_path / "missing.qvec")])
     assert isinstance(r.exception, qvec.StoreNotFound)
+
+
+def test_build_sums_up_texts_longer_than_the_model_window_in_one_line(runner, tmp_path, model):
+    from pydoc_data.topics import topics
+
+    lines = [topics["assignment"].replace("\n", " "), topics["import"].replace("\n", " "), "a short line"]
+    (tmp_path / "long.txt").write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", qvec.TextTruncated)  # no per-batch warning escapes
+        r = runner.invoke(main, ["build", str(tmp_path / "l.qvec"), str(tmp_path / "long.txt")])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert notes == ["note: 2 of the texts in long.txt are longer than all-MiniLM-L6-v2's 256-token window; "
+                     "only their first 256 tokens were embedded (split long documents into passages to make all of "
+                     "their text searchable)"]
