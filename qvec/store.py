@@ -503,7 +503,8 @@ class Store:
             raise ReadOnlyStore(f"{self.path} was opened with read_only=True: open it without to write")
 
     def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
-        texts, x, ids, metas = self._validate(texts, vectors, ids, metadata, upsert)
+        with self._rw.shared():  # its id check reads SQLite: not in the middle of another thread's write
+            texts, x, ids, metas = self._validate(texts, vectors, ids, metadata, upsert)
         if texts is not None:
             x = self._embed(texts)  # outside the lock: searches go on while the model runs
         with self._rw.exclusive():

@@ -86,3 +86,29 @@ def test_a_second_writer_waits_for_the_lock_when_asked(tmp_path, corpus):
     with pytest.raises(qvec.InvalidInput, match="lock_timeout"):
         qvec.open(path, lock_timeout=-1)
     np.testing.assert_equal(len(qvec.open(path, read_only=True)), 10)
+
+
+def test_two_writing_threads_on_one_store_lose_nothing(tmp_path, corpus):
+    xb = corpus[1]
+    errors = []
+    with qvec.open(tmp_path / "s.qvec", quantization="fp32") as store:
+
+        def write(part):
+            try:
+                for b in range(8):
+                    rows = range(part * 320 + 40 * b, part * 320 + 40 * (b + 1))
+                    store.add(vectors=xb[list(rows)], ids=[f"d{i}" for i in rows])
+                    store.search_batch(xb[:5], 3, include=())
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(p,)) for p in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        assert len(store) == 640
+        assert sorted(store.ids()) == sorted(f"d{i}" for i in range(640))
+        # every vector is found as its own nearest neighbour (or an identical duplicate's)
+        assert all(abs(r[0].score - 1) < 1e-5 for r in store.search_batch(xb, 1, include=()))
