@@ -2,6 +2,7 @@
 `qvec build` uses (reading, embedding and writing overlap; each batch one transaction)."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -75,7 +76,8 @@ class Fixed:
     name, dim, precision = "fixed", 8, "fp32"
 
     def embed(self, texts):
-        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]).astype(np.float32)
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]  # seeded by the text
+        return np.stack(rows).astype(np.float32)
 
 
 def test_ingest_commits_batches_in_order_and_skips_what_is_stored(tmp_path):
