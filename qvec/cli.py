@@ -427,6 +427,8 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, mod
         gt = _run(ctx, read_vectors, ground_truth).astype(np.int64)
     if limit:
         xb, gt = xb[:limit], None  # true neighbours of the full set no longer hold
+        if relevant is not None:  # a label beyond the limit cannot be found
+            relevant = [(frozenset(i for i in r if i < limit) or None) if r else None for r in relevant]
     if n_queries:
         xq = xq[:n_queries]
         gt = gt[:n_queries] if gt is not None else None

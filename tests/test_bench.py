@@ -171,6 +171,12 @@ def test_bench_on_text_with_labels_caches_the_embeddings(runner, tmp_path, corpu
     monkeypatch.setattr(type(model), "embed", no_model)
     r = runner.invoke(main, args + ["--out", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "a" / "cache")])
     assert r.exit_code == 0, r.output
+    # --limit 50 keeps the first 50 documents: only the 5 queries whose document is among them stay labelled
+    r = runner.invoke(main, args + ["--out", str(tmp_path / "c"), "--cache-dir", str(tmp_path / "a" / "cache"),
+                                    "--limit", "50"])
+    assert r.exit_code == 0, r.output
+    res, by = _results(tmp_path / "c")
+    assert res["dataset"]["n_labelled"] == 5 and by["fp32/flat"]["mrr_at_10"] == 1.0
 
 
 def test_bench_usage_errors_are_one_line(runner, tmp_path, corpus):
