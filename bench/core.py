@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,53 +22,12 @@ import faiss
 import numpy as np
 
 import qvec
+from qvec.bench import best_of, machine, raw_faiss_seconds, result_rows
 from qvec.metrics import exact_knn, recall_at_k
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "gcide"
 RESULTS = HERE / "results"
-
-
-def machine() -> dict:
-    return {
-        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
-        "cores": os.cpu_count(),
-        "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "qvec": qvec.__version__,
-    }
-
-
-def timed(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def as_rows(results, k):
-    return np.array([[int(h.id) for h in r] + [-1] * (k - len(r)) for r in results])
-
-
-def time_raw_faiss(store, xq, k, params):
-    """Time the FAISS index object the store holds, called directly with the same
-    queries (normalised, as the store does) and equivalent search parameters."""
-    vi = store._index  # noqa: SLF001 -- the comparison needs the very same index object
-    xqn = np.ascontiguousarray(xq / np.linalg.norm(xq, axis=1, keepdims=True), dtype=np.float32)
-    if vi.binary:
-        xqn = np.packbits(xqn > vi.threshold, axis=1)
-    if vi.is_ivf:
-        p = faiss.SearchParametersIVF(nprobe=min(params.get("nprobe") or vi.default_nprobe, vi.nlist))
-    elif store.settings.index.kind == "hnsw":
-        p = faiss.SearchParametersHNSW(efSearch=max(params.get("ef_search") or 64, k))
-    else:
-        p = None
-    seconds, _ = timed(lambda: vi.index.search(xqn, k, params=p))
-    return seconds
 
 
 def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
@@ -83,9 +41,10 @@ def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
     build_s = time.perf_counter() - t
     st = store.stats()
 
-    qps_s, res = timed(lambda: store.search_batch(xq, 10, include=(), **params))
-    rec = recall_at_k(as_rows(res, 10), gt, 10)
-    faiss_s = time_raw_faiss(store, xq, 10 * (params.get("oversample", 4) if rescore else 1), params)
+    qps_s, res = best_of(lambda: store.search_batch(xq, 10, include=(), **params))
+    rec = recall_at_k(result_rows(res, 10), gt, 10)
+    faiss_s = raw_faiss_seconds(store, xq, 10 * (params.get("oversample", 4) if rescore else 1),
+                                nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
     # single queries, one thread, p50/p99
     faiss.omp_set_num_threads(1)
     lat = []

@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from core import DATA, RESULTS, as_rows, machine
+from core import DATA, RESULTS
 
 import qvec
+from qvec.bench import machine, result_rows
 from qvec.metrics import exact_knn, recall_at_k
 from qvec.quantization import RANGE_STATS
 
@@ -30,7 +31,7 @@ def main():
             with qvec.open(Path(tempfile.mkdtemp()) / "s", quantization=q, range_stat=stat) as s:
                 s.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
                 s.train()
-                I = as_rows(s.search_batch(xq, 100, include=()), 100)
+                I = result_rows(s.search_batch(xq, 100, include=()), 100)
             r = {"quantization": q, "range_stat": stat, "recall_at_1": round(recall_at_k(I, gt, 1), 4),
                  "recall_at_10": round(recall_at_k(I, gt, 10), 4), "recall_at_100": round(recall_at_k(I, gt, 100), 4)}
             print(json.dumps(r), flush=True)

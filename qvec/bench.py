@@ -41,7 +41,7 @@ from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
 from .quantization import IndexKind, Quantization
 
 __all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
-           "machine"]
+           "machine", "best_of", "result_rows", "raw_faiss_seconds"]
 
 K_VALUES = (1, 10, 100)
 
@@ -184,7 +184,8 @@ def machine() -> dict:
             "qvec": __version__}
 
 
-def _best_of(fn: Callable, repeat: int):
+def best_of(fn: Callable, repeat: int = 3):
+    """(fastest seconds of ``repeat`` calls, the last result): timings on a shared machine."""
     best, out = float("inf"), None
     for _ in range(repeat):
         t = time.perf_counter()
@@ -193,24 +194,25 @@ def _best_of(fn: Callable, repeat: int):
     return best, out
 
 
-def _rows(results, k: int) -> np.ndarray:
+def result_rows(results, k: int) -> np.ndarray:
     """Hits (ids are row numbers) → an (nq, k) array padded with -1."""
     return np.array([[int(h.id) for h in r[:k]] + [-1] * (k - len(r[:k])) for r in results], dtype=np.int64)
 
 
-def _raw_faiss_seconds(store, xq: np.ndarray, k: int, cfg: Config, repeat: int) -> float:
+def raw_faiss_seconds(store, xq: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
+                      repeat: int = 3) -> float:
     """Search the FAISS index object the store holds, directly, with the same queries
     (prepared as the store prepares them) and the same search parameters."""
     vi = store._index  # noqa: SLF001 -- the comparison needs the very same index object
     codes = vi._codes(store._prepare(xq))  # noqa: SLF001 -- normalisation and binarisation, as search does
     kind = store.settings.index.kind
     if vi.is_ivf:
-        params = faiss.SearchParametersIVF(nprobe=min(cfg.nprobe or vi.default_nprobe, vi.nlist))
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe or vi.default_nprobe, vi.nlist))
     elif kind == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=max(cfg.ef_search or 64, k))
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search or 64, k))
     else:
         params = None
-    seconds, _ = _best_of(lambda: vi.index.search(codes, k, params=params), repeat)
+    seconds, _ = best_of(lambda: vi.index.search(codes, k, params=params), repeat)
     return seconds
 
 
@@ -232,11 +234,11 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         st = store.stats()
         params = cfg.search_params()
 
-        batch_s, res10 = _best_of(lambda: store.search_batch(ds.xq, 10, include=(), **params), repeat)
-        I10 = _rows(res10, 10)
-        I100 = _rows(store.search_batch(ds.xq, k_max, include=(), **params), k_max)
+        batch_s, res10 = best_of(lambda: store.search_batch(ds.xq, 10, include=(), **params), repeat)
+        I10 = result_rows(res10, 10)
+        I100 = result_rows(store.search_batch(ds.xq, k_max, include=(), **params), k_max)
         kc = 10 * (cfg.oversample or 4) if cfg.rescore else 10
-        faiss_s = _raw_faiss_seconds(store, ds.xq, kc, cfg, repeat)
+        faiss_s = raw_faiss_seconds(store, ds.xq, kc, nprobe=cfg.nprobe, ef_search=cfg.ef_search, repeat=repeat)
 
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # latency as one application thread sees it

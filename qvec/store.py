@@ -653,6 +653,7 @@ class Store:
 
     def _apply_write(self, texts, x, ids, metas, upsert: bool) -> list[str]:
         n = len(ids)
+        # checked again under the write lock: another thread may have added these ids since _validate
         existing = self.db.fids_of(ids) if upsert else self._refuse_existing(ids)
         self._ensure_settings(x.shape[1])
         x = self._prepare(x)
