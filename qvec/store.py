@@ -831,8 +831,7 @@ class Store:
 
     @functools.cached_property
     def _originals(self) -> Originals:
-        # One instance, so its memory map survives between searches (first used once the
-        # store has settings, which fix the dimension for good).
+        # First used once the store has settings, which fix the dimension for good.
         return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
 
     # -- reads --------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The originals file: rows come back exactly, in the order asked, whatever the runs and
+repeats, and reads and writes that the OS cuts short are finished, not lost."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qvec.errors import CorruptStore
+from qvec.originals import Originals
+
+X = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def originals(tmp_path):
+    o = Originals(tmp_path / "originals.f32", 8)
+    o.write(0, X[:100])
+    o.write(100, X[100:])  # adds append consecutive rows
+    return o
+
+
+@settings(max_examples=200, deadline=None)
+@given(fids=st.lists(st.integers(0, len(X) - 1), max_size=60) | st.builds(lambda a, n: list(range(a, a + n)),
+                                                                       st.integers(0, 200), st.integers(0, 100)))
+def test_read_returns_the_rows_asked_for_in_order(tmp_path_factory, fids):
+    o = Originals(tmp_path_factory.mktemp("o") / "originals.f32", 8)
+    o.write(0, X)
+    got = o.read(np.array(fids, dtype=np.int64))
+    assert got.shape == (len(fids), 8) and got.dtype == np.float32
+    assert np.array_equal(got, X[fids])
+
+
+def test_reading_past_the_end_is_a_corrupt_store(originals):
+    with pytest.raises(CorruptStore, match="holds 300 vectors but vector 300 was asked for"):
+        originals.read([5, 300])
+
+
+def test_short_reads_and_writes_are_completed(tmp_path, monkeypatch):
+    real_pwrite, real_preadv = os.pwrite, os.preadv
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: real_pwrite(fd, bytes(data[:100]), off))
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: real_preadv(fd, [bufs[0][:50]], off))
+    o = Originals(tmp_path / "originals.f32", 8)
+    o.write(0, X)
+    assert os.path.getsize(o.path) == X.nbytes
+    assert np.array_equal(o.read(np.arange(len(X))), X)
+    assert np.array_equal(o.read([299, 3, 4, 3]), X[[299, 3, 4, 3]])
