@@ -152,7 +152,8 @@ def main():
     lines = [f"# Rescoring with the originals on disk, not in memory ({len(xb):,} GCIDE vectors, 384-d)", "",
              f"Machine: {m}", "",
              "\"cold\": the originals file is dropped from the page cache (posix_fadvise DONTNEED) before every "
-             "query, so each query reads its candidates from the disk (here a virtual disk, /dev/vda). "
+             "query, so each query reads its candidates from the disk (here a virtual disk, /dev/vda; "
+             "whatever its host caches is beyond our reach, so a physical disk may be slower). "
              f"\"warm\": the file is cached. Single queries, one thread, {len(xq)} queries, k = 10.", "",
              "## Reading scattered rows", "",
              "| reader | rows | cache | p50 ms | p99 ms |", "|---|---|---|---|---|"]
