@@ -115,20 +115,27 @@ def _nlist_for(n: int) -> int:
     return max(1, 2 ** round(np.log2(max(target, 1))))
 
 
-def default_sweep(dim: int, n: int) -> list[Config]:
+def default_sweep(dim: int, n: int, *, quick: bool = False) -> list[Config]:
     """Every quantization from FP32 down to 1 bit, with and without rescoring, plus the
-    approximate indexes at the INT8 and PQ points a large store would use."""
+    approximate indexes at the INT8 and PQ points a large store would use.
+
+    quick: one point per step down (fp32, fp16, int8, int4+rescore, PQ with and without
+    rescore, binary+rescore) and HNSW; no OPQ or IVF, whose training takes minutes at 100K+."""
     pq_big, pq_mid, pq_small = (_divisor_near(dim, dim / f) for f in (4, 8, 16))
     nlist = _nlist_for(n)
     ivf = f"ivf{nlist}" if nlist > 1 else "flat"
     nprobe = max(1, nlist // 8)
-    specs = [
-        "fp32/flat", "fp16/flat", "bf16/flat", "int8/flat", "int4/flat", "int4/flat/rescore=4",
-        f"pq{pq_big}/flat", f"pq{pq_mid}/flat", f"pq{pq_mid}/flat/rescore=4", f"opq{pq_mid}/flat",
-        f"pq{pq_small}/flat/rescore=8", "binary/flat", "binary/flat/rescore=8",
-        f"int8/{ivf}/nprobe={max(1, nprobe // 4)}", f"int8/{ivf}/nprobe={nprobe}", "int8/hnsw32/ef=64",
-        f"pq{pq_mid}/{ivf}/rescore=4/nprobe={nprobe}",
-    ]
+    if quick:
+        specs = ["fp32/flat", "fp16/flat", "int8/flat", "int4/flat/rescore=4", f"pq{pq_mid}/flat",
+                 f"pq{pq_mid}/flat/rescore=4", "binary/flat/rescore=8", "int8/hnsw32/ef=64"]
+    else:
+        specs = [
+            "fp32/flat", "fp16/flat", "bf16/flat", "int8/flat", "int4/flat", "int4/flat/rescore=4",
+            f"pq{pq_big}/flat", f"pq{pq_mid}/flat", f"pq{pq_mid}/flat/rescore=4", f"opq{pq_mid}/flat",
+            f"pq{pq_small}/flat/rescore=8", "binary/flat", "binary/flat/rescore=8",
+            f"int8/{ivf}/nprobe={max(1, nprobe // 4)}", f"int8/{ivf}/nprobe={nprobe}", "int8/hnsw32/ef=64",
+            f"pq{pq_mid}/{ivf}/rescore=4/nprobe={nprobe}",
+        ]
     return list(dict.fromkeys(Config.parse(s) for s in specs))
 
 

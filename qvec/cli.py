@@ -357,6 +357,8 @@ def export(ctx, store, out, with_vectors):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the results")
 @click.option("--config", "configs", multiple=True,
               help="QUANT/INDEX[/rescore[=N]][/nprobe=N][/ef=N], repeatable; default: a sweep from fp32 to binary")
+@click.option("--quick", is_flag=True,
+              help="a shorter sweep: one configuration per step, no OPQ or IVF (minutes of training at 100K+)")
 @click.option("--metric", default=None, help="cosine (default), ip or l2; an .hdf5 names its own")
 @click.option("--model", default=None, help="model that embeds texts (default all-MiniLM-L6-v2)")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
@@ -366,8 +368,8 @@ def export(ctx, store, out, with_vectors):
 @click.option("--repeat", default=3, show_default=True, help="timings are the best of this many runs")
 @click.option("--name", default=None, help="data set name in the report")
 @click.pass_context
-def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, model, cache_dir, limit, n_queries,
-          repeat, name):
+def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metric, model, cache_dir, limit,
+          n_queries, repeat, name):
     """Measure recall against memory for a sweep of configurations; write OUT/results.json,
     OUT/results.md and OUT/recall_vs_memory.png.
 
@@ -377,6 +379,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, mod
     \b
     Examples:
       qvec bench --vectors docs.npy --queries queries.npy --out results/
+      qvec bench --vectors docs.npy --queries queries.npy --out results/ --quick
       qvec bench --vectors glove-100-angular.hdf5 --limit 100000 --out glove/
       qvec bench --corpus docs.jsonl --queries queries.jsonl --out gcide/ --config int8/flat --config pq48/flat/rescore
     """
@@ -384,6 +387,8 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, mod
 
     if bool(vectors) == bool(corpus):
         raise click.UsageError("give the base data as --vectors FILE or --corpus FILE (one of them)", ctx)
+    if quick and configs:
+        raise click.UsageError("--quick chooses the configurations: drop it or the --config options", ctx)
     configs = [_run(ctx, qbench.Config.parse, c) for c in configs]
     cache_dir = cache_dir or str(Path(out) / "cache")
     embedder = None
@@ -440,7 +445,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, metric, mod
                                "embed both with the same model", ctx)
     ds = qbench.Dataset(name=name or Path(vectors or corpus).stem, xb=xb, xq=xq, metric=metric or "cosine", gt=gt,
                         relevant=relevant)
-    configs = configs or qbench.default_sweep(xb.shape[1], len(xb))
+    configs = configs or qbench.default_sweep(xb.shape[1], len(xb), quick=quick)
     click.echo(f"{len(xb):,} base vectors × {xb.shape[1]} dims, {len(xq):,} queries, {len(configs)} configurations",
                err=True)
 

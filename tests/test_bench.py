@@ -57,6 +57,15 @@ def test_default_sweep_fits_any_dimension(dim):
     assert any(c.index.startswith("ivf") for c in configs) and any(c.rescore for c in configs)
 
 
+def test_quick_sweep_keeps_one_point_per_step_and_skips_slow_training():
+    full, quick = default_sweep(384, 100_000), default_sweep(384, 100_000, quick=True)
+    assert set(quick) <= set(full) and len(quick) < len(full)
+    kinds = {c.quantization.rstrip("0123456789") for c in quick}
+    assert kinds == {"fp", "int", "pq", "binary"}  # fp32/fp16, int8/int4, pq, binary
+    assert not any(c.quantization.startswith("opq") or c.index.startswith("ivf") for c in quick)
+    assert Config("int8") in quick and any(c.rescore for c in quick)
+
+
 def test_pareto_marks_the_undominated_points():
     recs = [
         {"bytes_per_vector": 1544, "recall_at_10": 1.0, "rescore": False},
@@ -193,6 +202,8 @@ def test_bench_usage_errors_are_one_line(runner, tmp_path, corpus):
          "queries have dimension 100, base vectors 384"),
         (base + ["--vectors", str(tmp_path / "docs.npy"), "--queries", str(tmp_path / "q100.npy"),
                  "--config", "int8/tree"], "unknown index"),
+        (base + ["--vectors", str(tmp_path / "docs.npy"), "--quick", "--config", "int8/flat"],
+         "--quick chooses the configurations"),
     ]
     for args, says in cases:
         r = runner.invoke(main, args)
