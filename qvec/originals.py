@@ -59,35 +59,43 @@ class Originals:
                     f"{self.path} holds {stored} vectors but vector {int(rows[-1])} was asked for: "
                     "the originals file is truncated; rebuild the store"
                 )
-            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
             if len(starts) > 1 and len(rows) * DENSE >= stored:
-                # Most pages hold a wanted row (a big batch's candidates): one pass through a
-                # memory map, with the kernel's read-ahead, beats a pair of calls per run.
-                mm = np.memmap(self.path, dtype=np.float32, mode="r", shape=(stored, self.dim))
-                np.take(mm, rows, axis=0, out=out)
-                del mm
-                starts = starts[:0]
-            # One read per run of consecutive rows, straight into the output. Scattered runs
-            # are announced first, so that a disk reads them in parallel, not one by one.
-            ends = np.append(starts[1:], len(rows))
-            buf, rb = memoryview(out).cast("B"), self.row_bytes
-            runs = list(zip(starts.tolist(), ends.tolist(), rows[starts].tolist()))
-            if len(runs) > 1 and hasattr(os, "posix_fadvise"):
-                for a, b, first in runs:
-                    os.posix_fadvise(fd, first * rb, (b - a) * rb, os.POSIX_FADV_WILLNEED)
-            for a, b, first in runs:
-                view, offset = buf[a * rb : b * rb], first * rb
-                while len(view):  # one call reads at most ~2 GB on Linux
-                    n = os.preadv(fd, [view], offset)
-                    if n <= 0:
-                        raise CorruptStore(f"{self.path} ended while reading vector {first}: rebuild the store")
-                    view, offset = view[n:], offset + n
+                self._read_mapped(rows, stored, out)
+            else:
+                self._read_runs(fd, rows, starts, out)
         finally:
             if fd >= 0:
                 os.close(fd)
         if len(rows) == len(fids) and np.array_equal(rows, fids):
             return out  # asked in order without repeats: no copy
         return out[inverse.reshape(-1)]
+
+    def _read_mapped(self, rows: np.ndarray, stored: int, out: np.ndarray) -> None:
+        """Most pages hold a wanted row (a big batch's candidates): one pass through a
+        memory map, with the kernel's read-ahead, beats a pair of calls per run."""
+        mm = np.memmap(self.path, dtype=np.float32, mode="r", shape=(stored, self.dim))
+        try:
+            np.take(mm, rows, axis=0, out=out)
+        finally:
+            del mm
+
+    def _read_runs(self, fd: int, rows: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
+        """One read per run of consecutive rows, straight into the output. Scattered runs
+        are announced first, so that a disk reads them in parallel, not one by one."""
+        ends = np.append(starts[1:], len(rows))
+        buf, rb = memoryview(out).cast("B"), self.row_bytes
+        runs = list(zip(starts.tolist(), ends.tolist(), rows[starts].tolist()))
+        if len(runs) > 1 and hasattr(os, "posix_fadvise"):
+            for a, b, first in runs:
+                os.posix_fadvise(fd, first * rb, (b - a) * rb, os.POSIX_FADV_WILLNEED)
+        for a, b, first in runs:
+            view, offset = buf[a * rb : b * rb], first * rb
+            while len(view):  # one call reads at most ~2 GB on Linux
+                n = os.preadv(fd, [view], offset)
+                if n <= 0:
+                    raise CorruptStore(f"{self.path} ended while reading vector {first}: rebuild the store")
+                view, offset = view[n:], offset + n
 
     def nbytes(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
