@@ -377,7 +377,9 @@ def markdown(result: dict) -> str:
         "whole store directory (index, SQLite, and the FP32 originals that rescoring reads). Recall is against "
         "exact FP32 search" + (" (the neighbours shipped with the data)" if ds.get("gt_from_file") else "")
         + "; q/s is one batch of all queries, FAISS q/s the same index searched directly (with rescoring, for "
-        "the k × oversample candidates, not re-ranked: the ratio includes the re-ranking); p50/p99 are single "
+        "the k × oversample candidates, not re-ranked: the ratio includes the re-ranking; for flat fp16, bf16, "
+        "int8 and int4 codes qvec scores batches of 64+ queries by decoding blocks of codes and one matrix "
+        "product, where FAISS scans query by query, hence ratios above 1); p50/p99 are single "
         "queries on one thread. ★ = on the Pareto frontier of RAM vs recall@10; ☆ = on it among the "
         "configurations without rescoring (nothing on disk beyond the codes); the INT8 rows mark the 75% line.",
         "",
