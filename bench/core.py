@@ -11,18 +11,15 @@ Uses only the public API (qvec.open, add, train, search_batch, stats), plus FAIS
 from __future__ import annotations
 
 import json
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 import qvec
-from qvec.bench import best_of, machine, raw_faiss_seconds, result_rows
+from qvec.bench import best_of, machine, raw_faiss_seconds, result_rows, single_query_ms
 from qvec.metrics import exact_knn, recall_at_k
 
 HERE = Path(__file__).parent
@@ -45,14 +42,7 @@ def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
     rec = recall_at_k(result_rows(res, 10), gt, 10)
     faiss_s = raw_faiss_seconds(store, xq, 10 * (params.get("oversample", 4) if rescore else 1),
                                 nprobe=params.get("nprobe"), ef_search=params.get("ef_search"))
-    # single queries, one thread, p50/p99
-    faiss.omp_set_num_threads(1)
-    lat = []
-    for q in xq[:200]:
-        t = time.perf_counter()
-        store.search(q, 10, include=(), **params)
-        lat.append(time.perf_counter() - t)
-    faiss.omp_set_num_threads(os.cpu_count())
+    latency = single_query_ms(lambda q: store.search(q, 10, include=(), **params), xq[:200])
     # filtered: a 10% filter vs unfiltered, single queries as an application sends them
     def one_by_one(where):
         t = time.perf_counter()
@@ -78,8 +68,7 @@ def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
         "qps": round(len(xq) / qps_s, 1),
         "faiss_qps": round(len(xq) / faiss_s, 1),
         "qvec_vs_faiss": round(faiss_s / qps_s, 3),
-        "p50_ms": round(1000 * statistics.median(lat), 3),
-        "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3),
+        **latency,
         "single_query_ms_unfiltered": round(1000 * unf_s / 200, 3),
         "single_query_ms_filter_10pct": round(1000 * filt_s / 200, 3),
         "filter_10pct_returns_k_matches": filt_ok,

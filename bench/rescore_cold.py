@@ -21,9 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import faiss
@@ -31,7 +29,7 @@ import numpy as np
 from core import DATA, RESULTS
 
 import qvec
-from qvec.bench import machine, result_rows
+from qvec.bench import machine, result_rows, single_query_ms
 from qvec.metrics import exact_knn, recall_at_k
 from qvec.originals import Originals
 
@@ -52,20 +50,11 @@ def drop_from_cache(path: Path) -> None:
         os.close(fd)
 
 
-def latencies(fn, items, cold_path: Path | None) -> list[float]:
+def latency(fn, items, cold_path: Path | None) -> dict:
+    """p50/p99 ms of fn over items; with cold_path, that file leaves the page cache before each call."""
     fn(items[0])  # imports, allocations
-    out = []
-    for it in items:
-        if cold_path is not None:
-            drop_from_cache(cold_path)
-        t = time.perf_counter()
-        fn(it)
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def summary(lat: list[float]) -> dict:
-    return {"p50_ms": round(1000 * statistics.median(lat), 3), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3)}
+    before = None if cold_path is None else functools.partial(drop_from_cache, cold_path)
+    return single_query_ms(fn, items, before=before)
 
 
 def read_mapped(path: Path, shape: tuple, fids: np.ndarray) -> np.ndarray:
@@ -92,7 +81,7 @@ def readers(xb: np.ndarray, workdir: Path) -> list[dict]:
             assert np.array_equal(read(sets[0]), xb[sets[0]])
             for cold in (False, True):
                 r = {"reader": name, "rows": rows, "cache": "cold" if cold else "warm"}
-                r |= summary(latencies(read, sets, path if cold else None))
+                r |= latency(read, sets, path if cold else None)
                 print(json.dumps(r), flush=True)
                 records.append(r)
     return records
@@ -116,18 +105,18 @@ def stores(xb: np.ndarray, xq: np.ndarray, workdir: Path) -> list[dict]:
                      "recall_at_10": round(recall_at_k(got, gt, 10), 4),
                      "originals_mb": round(originals.stat().st_size / 2**20, 1)}
                 for cold in (False, True):
-                    lat = latencies(search, list(xq), originals if cold else None)
-                    r |= {f"{k}_{'cold' if cold else 'warm'}": v for k, v in summary(lat).items()}
+                    lat = latency(search, list(xq), originals if cold else None)
+                    r |= {f"{k}_{'cold' if cold else 'warm'}": v for k, v in lat.items()}
                 print(json.dumps(r), flush=True)
                 records.append(r)
         with qvec.open(workdir / "int8", quantization="int8") as s:  # the reference: no disk read at all
             s.add(vectors=xb, ids=ids)
             s.train()
-            lat = latencies(lambda q: s.search(q, 10, include=()), list(xq), None)
+            lat = latency(lambda q: s.search(q, 10, include=()), list(xq), None)
             got = result_rows([s.search(q, 10, include=()) for q in xq], 10)
             r = {"config": "int8/flat (no originals)", "rows_read_per_query": 0,
                  "recall_at_10": round(recall_at_k(got, gt, 10), 4), "originals_mb": 0}
-            r |= {f"{k}_warm": v for k, v in summary(lat).items()}
+            r |= {f"{k}_warm": v for k, v in lat.items()}
             print(json.dumps(r), flush=True)
             records.append(r)
     finally:

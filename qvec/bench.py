@@ -41,7 +41,7 @@ from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
 from .quantization import IndexKind, Quantization
 
 __all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
-           "machine", "best_of", "result_rows", "raw_faiss_seconds"]
+           "machine", "best_of", "result_rows", "raw_faiss_seconds", "single_query_ms"]
 
 K_VALUES = (1, 10, 100)
 
@@ -201,6 +201,24 @@ def best_of(fn: Callable, repeat: int = 3):
     return best, out
 
 
+def single_query_ms(fn: Callable, queries, *, before: Callable[[], None] | None = None) -> dict:
+    """p50/p99 milliseconds of ``fn(q)`` for each query, with FAISS on one thread, as one
+    application thread sees it. ``before()``, if given, runs untimed ahead of each call."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        lat = []
+        for q in queries:
+            if before is not None:
+                before()
+            t = time.perf_counter()
+            fn(q)
+            lat.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return {"p50_ms": round(1000 * statistics.median(lat), 3), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3)}
+
+
 def result_rows(results, k: int) -> np.ndarray:
     """Hits (ids are row numbers) → an (nq, k) array padded with -1."""
     return np.array([[int(h.id) for h in r[:k]] + [-1] * (k - len(r[:k])) for r in results], dtype=np.int64)
@@ -212,13 +230,7 @@ def raw_faiss_seconds(store, xq: np.ndarray, k: int, *, nprobe: int | None = Non
     (prepared as the store prepares them) and the same search parameters."""
     vi = store._index  # noqa: SLF001 -- the comparison needs the very same index object
     codes = vi._codes(store._prepare(xq))  # noqa: SLF001 -- normalisation and binarisation, as search does
-    kind = store.settings.index.kind
-    if vi.is_ivf:
-        params = faiss.SearchParametersIVF(nprobe=min(nprobe or vi.default_nprobe, vi.nlist))
-    elif kind == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=max(ef_search or 64, k))
-    else:
-        params = None
+    params = vi.search_parameters(k, nprobe=nprobe, ef_search=ef_search)
     seconds, _ = best_of(lambda: vi.index.search(codes, k, params=params), repeat)
     return seconds
 
@@ -247,16 +259,7 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         kc = 10 * (cfg.oversample or 4) if cfg.rescore else 10
         faiss_s = raw_faiss_seconds(store, ds.xq, kc, nprobe=cfg.nprobe, ef_search=cfg.ef_search, repeat=repeat)
 
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # latency as one application thread sees it
-        try:
-            lat = []
-            for q in ds.xq[:n_latency]:
-                t = time.perf_counter()
-                store.search(q, 10, include=(), **params)
-                lat.append(time.perf_counter() - t)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        latency = single_query_ms(lambda q: store.search(q, 10, include=(), **params), ds.xq[:n_latency])
         store.close()
         disk = st["disk_bytes"]
     finally:
@@ -295,9 +298,7 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         "qps": round(len(ds.xq) / batch_s, 1),
         "faiss_qps": round(len(ds.xq) / faiss_s, 1),
         "qvec_vs_faiss": round(faiss_s / batch_s, 3),
-        "p50_ms": round(1000 * statistics.median(lat), 3),
-        "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3),
-    }
+    } | latency
     return rec
 
 

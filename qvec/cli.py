@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
+from .embedder import MODEL_PRECISIONS
 from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
 from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
 
@@ -107,7 +108,7 @@ def _jsonl(stream, name):
               help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, binary")
 @click.option("--index", default=None, help="flat (default), ivf{nlist}, hnsw{M}")
 @click.option("--model", default=None, help="sentence-transformers name or path (default all-MiniLM-L6-v2)")
-@click.option("--model-precision", type=click.Choice(["fp32", "int8"]), default=None,
+@click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
               help="run the embedding model with fp32 (default) or int8 weights (faster, see the README)")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default="id", show_default=True)
@@ -213,7 +214,7 @@ def _build_vectors(ctx, s, path, upsert):
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth")
 @click.option("--oversample", type=int, default=None, help="candidates per hit to rescore")
 @click.option("--queries-file", type=click.File(), default=None, help="one query per line ('-' for stdin)")
-@click.option("--model-precision", type=click.Choice(["fp32", "int8"]), default=None,
+@click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
               help="embed the queries at this precision (default: the store's)")
 @click.pass_context
 def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file, model_precision):

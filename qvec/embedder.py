@@ -21,7 +21,8 @@ from .errors import EmbedderError, InvalidSpec, TextTruncated
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODEL_PRECISIONS = ("fp32", "int8")
 
-__all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "MODEL_PRECISIONS", "resolve_model_path"]
+__all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "MODEL_PRECISIONS", "check_model_precision",
+           "resolve_model_path"]
 
 
 @runtime_checkable
@@ -72,6 +73,11 @@ def _load(name: str):
         return _models[name]
 
 
+def check_model_precision(precision: str) -> None:
+    if precision not in MODEL_PRECISIONS:
+        raise InvalidSpec(f"unknown model_precision {precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
+
+
 _int8: dict[str, object] = {}
 
 
@@ -91,8 +97,7 @@ class SentenceTransformerEmbedder:
     normalisation stay the model's own."""
 
     def __init__(self, name: str = DEFAULT_MODEL, precision: str = "fp32"):
-        if precision not in MODEL_PRECISIONS:
-            raise InvalidSpec(f"unknown model_precision {precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
+        check_model_precision(precision)
         self.name = name
         self.precision = precision
         self.truncated = 0  # texts embedded from their first max_seq_length tokens only, so far

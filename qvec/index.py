@@ -160,18 +160,20 @@ class VectorIndex:
         if self._decodable and allowed is None and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
             return self._search_decoded(xq, k)
         sel, keep = self._selector(allowed)
-        kind = self.settings.index
-        if self.is_ivf:  # ivf, and flat PQ/OPQ (one list)
-            params = faiss.SearchParametersIVF(nprobe=min(nprobe or self.default_nprobe, self.nlist))
-        elif kind.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or 64, k))
-        else:
-            params = faiss.SearchParameters()
+        params = self.search_parameters(k, nprobe=nprobe, ef_search=ef_search)
         if sel is not None:
             params.sel = sel
         D, I = self.index.search(self._codes(xq), k, params=params)
         del keep
         return D.astype(np.float32, copy=False), I
+
+    def search_parameters(self, k: int, *, nprobe: int | None = None, ef_search: int | None = None):
+        """FAISS search parameters with qvec's defaults: ``default_nprobe`` lists, efSearch 64 (at least k)."""
+        if self.is_ivf:  # ivf, and flat PQ/OPQ (one list)
+            return faiss.SearchParametersIVF(nprobe=min(nprobe or self.default_nprobe, self.nlist))
+        if self.settings.index.kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=max(ef_search or 64, k))
+        return faiss.SearchParameters()
 
     def _search_decoded(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """What FAISS's flat scalar-quantizer search returns (the same decoded vectors, the

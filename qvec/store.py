@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
-from .embedder import DEFAULT_MODEL, MODEL_PRECISIONS, Embedder, SentenceTransformerEmbedder
+from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, check_model_precision
 from .errors import (
     CorruptStore,
     DimensionMismatch,
@@ -39,7 +39,6 @@ from .errors import (
     IdNotFound,
     IncompatibleStore,
     InvalidInput,
-    InvalidSpec,
     NotTrained,
     ReadOnlyStore,
     SettingsConflict,
@@ -132,8 +131,8 @@ def open(
     requested = {k: v for k, v in requested.items() if v is not None}
     if lock_timeout is not None and (isinstance(lock_timeout, bool) or not lock_timeout >= 0):
         raise InvalidInput(f"lock_timeout must be seconds >= 0 or None, got {lock_timeout!r}")
-    if model_precision is not None and model_precision not in MODEL_PRECISIONS:
-        raise InvalidSpec(f"unknown model_precision {model_precision!r}: expected one of {', '.join(MODEL_PRECISIONS)}")
+    if model_precision is not None:
+        check_model_precision(model_precision)
     return Store(Path(path), requested, embedder, create and not read_only, read_only, lock_timeout, model_precision)
 
 
@@ -215,22 +214,21 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-def _reads(method):
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._rw.shared():
-            return method(self, *args, **kwargs)
+def _holding(mode: str):
+    """A method decorator: the call runs holding the Store's lock in ``mode``."""
 
-    return wrapper
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with getattr(self._rw, mode)():
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
-def _writes(method):
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._rw.exclusive():
-            return method(self, *args, **kwargs)
-
-    return wrapper
+_reads, _writes = _holding("shared"), _holding("exclusive")
 
 
 class Store:
