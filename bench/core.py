@@ -36,7 +36,7 @@ def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
     store.train()
     store.checkpoint()
     build_s = time.perf_counter() - t
-    st = store.stats()
+    st = store.stats().to_dict()
 
     qps_s, res = best_of(lambda: store.search_batch(xq, 10, include=(), **params))
     rec = recall_at_k(result_rows(res, 10), gt, 10)

@@ -18,8 +18,8 @@ from core import DATA, RESULTS
 
 import qvec
 from qvec.bench import machine, result_rows
+from qvec.config import RANGE_STATS
 from qvec.metrics import exact_knn, recall_at_k
-from qvec.quantization import RANGE_STATS
 
 
 def main():

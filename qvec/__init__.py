@@ -24,7 +24,7 @@ from .errors import (
     StoreNotFound,
     TextTruncated,
 )
-from .store import FORMAT_VERSION, Hit, Item, Store, open
+from .store import FORMAT_VERSION, Hit, Item, Stats, Store, open
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "Store",
     "Hit",
     "Item",
+    "Stats",
     "FORMAT_VERSION",
     "QvecError",
     "InvalidInput",

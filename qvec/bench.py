@@ -31,14 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from . import __version__
 from . import open as open_store
+from .config import parse_codes, parse_index
 from .errors import InvalidSpec
+from .index import FAISS_VERSION, one_faiss_thread
+from .inputs import normalised
 from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
-from .quantization import IndexKind, Quantization
 
 __all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
            "machine", "best_of", "result_rows", "raw_faiss_seconds", "single_query_ms"]
@@ -63,9 +64,9 @@ class Config:
         parts = [p.strip().lower() for p in str(spec).split("/") if p.strip()]
         if not parts:
             raise InvalidSpec(f"empty configuration {spec!r}: expected e.g. int8/flat or pq48/ivf1024/rescore=4")
-        fields: dict = {"quantization": str(Quantization.parse(parts[0]))}
+        fields: dict = {"quantization": str(parse_codes(parts[0]))}
         if len(parts) > 1 and "=" not in parts[1] and parts[1] != "rescore":
-            fields["index"] = str(IndexKind.parse(parts[1]))
+            fields["index"] = str(parse_index(parts[1]))
             parts = parts[2:]
         else:
             parts = parts[1:]
@@ -187,7 +188,7 @@ def machine() -> dict:
     except (ValueError, OSError, AttributeError):
         ram = None
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram, "os": platform.platform(),
-            "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "faiss": FAISS_VERSION, "numpy": np.__version__,
             "qvec": __version__}
 
 
@@ -204,18 +205,14 @@ def best_of(fn: Callable, repeat: int = 3):
 def single_query_ms(fn: Callable, queries, *, before: Callable[[], None] | None = None) -> dict:
     """p50/p99 milliseconds of ``fn(q)`` for each query, with FAISS on one thread, as one
     application thread sees it. ``before()``, if given, runs untimed ahead of each call."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        lat = []
+    lat = []
+    with one_faiss_thread():
         for q in queries:
             if before is not None:
                 before()
             t = time.perf_counter()
             fn(q)
             lat.append(time.perf_counter() - t)
-    finally:
-        faiss.omp_set_num_threads(threads)
     return {"p50_ms": round(1000 * statistics.median(lat), 3), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 3)}
 
 
@@ -228,10 +225,9 @@ def raw_faiss_seconds(store, xq: np.ndarray, k: int, *, nprobe: int | None = Non
                       repeat: int = 3) -> float:
     """Search the FAISS index object the store holds, directly, with the same queries
     (prepared as the store prepares them) and the same search parameters."""
-    vi = store._index  # noqa: SLF001 -- the comparison needs the very same index object
-    codes = vi._codes(store._prepare(xq))  # noqa: SLF001 -- normalisation and binarisation, as search does
-    params = vi.search_parameters(k, nprobe=nprobe, ef_search=ef_search)
-    seconds, _ = best_of(lambda: vi.index.search(codes, k, params=params), repeat)
+    vi = store.journal.index
+    xq = normalised(xq, store.settings.metric)
+    seconds, _ = best_of(lambda: vi.search_raw(xq, k, nprobe=nprobe, ef_search=ef_search), repeat)
     return seconds
 
 
@@ -250,7 +246,7 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         store.train()
         store.checkpoint()
         build_s = time.perf_counter() - t0
-        st = store.stats()
+        st = store.stats().to_dict()
         params = cfg.search_params()
 
         batch_s, res10 = best_of(lambda: store.search_batch(ds.xq, 10, include=(), **params), repeat)
@@ -465,7 +461,7 @@ def embed_cached(texts: Sequence[str], embedder, cache_dir: str | os.PathLike | 
                  *, show_progress: bool = False) -> np.ndarray:
     """Embed ``texts``, or load them from ``cache_dir`` if this model embedded these exact
     texts before: the file name is a hash of the model name, its precision and the texts."""
-    precision = getattr(embedder, "precision", "fp32")
+    precision = embedder.precision
     tag = embedder.name if precision == "fp32" else f"{embedder.name}-{precision}"
     h = hashlib.sha256(tag.encode())
     for t in texts:
@@ -478,10 +474,7 @@ def embed_cached(texts: Sequence[str], embedder, cache_dir: str | os.PathLike | 
             x = np.load(path, allow_pickle=False)
             if x.shape[0] == len(texts):
                 return x
-    try:
-        x = embedder.embed(texts, show_progress=show_progress)
-    except TypeError:  # an injected embedder without a progress option
-        x = embedder.embed(texts)
+    x = embedder.embed(texts, show_progress=show_progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")

@@ -32,19 +32,22 @@ class InputLineError(click.ClickException):
     exit_code = 2
 
 
-def _run(ctx: click.Context, fn, *args, **kwargs):
-    """Call the library; turn its errors into one-line CLI errors."""
-    try:
-        return fn(*args, **kwargs)
-    except QvecError as e:
-        if ctx.find_root().params.get("debug"):
-            raise
-        if isinstance(e, USAGE_ERRORS):
-            raise click.UsageError(str(e), ctx) from None
-        raise click.ClickException(str(e)) from None
+class QvecGroup(click.Group):
+    """The one place library errors become CLI errors: a ``QvecError`` from any command is
+    one line on stderr (exit 2 for a usage problem, 1 otherwise), its traceback only with --debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QvecError as e:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(e, USAGE_ERRORS):
+                raise click.UsageError(str(e)) from None
+            raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=QvecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qvec")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug):
@@ -131,7 +134,7 @@ def build(ctx, store, inputs, quantization, index, model, model_precision, text_
       qvec build docs.qvec corpus.jsonl --quantization int8 --metadata-fields lang,year
     """
     t0 = time.perf_counter()
-    s = _run(ctx, open_store, store, quantization=quantization, index=index, model=model, rescore=rescore,
+    s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
              model_precision=model_precision)
     added = skipped = 0
     try:
@@ -141,13 +144,17 @@ def build(ctx, store, inputs, quantization, index, model, model_precision, text_
             else:
                 a, k = _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
             added, skipped = added + a, skipped + k
-        if not s.is_trained and s.settings and len(s) >= s.settings.min_train_size:
-            _run(ctx, s.train)  # a built store searches its codes, not the waiting vectors
-        st = _run(ctx, s.stats)
+        st = s.stats().to_dict()
     finally:
         s.close()
     bpv = st.get("bytes_per_vector")
-    mem = f"{bpv:.1f} bytes/vector in RAM, {st['compression']:.1f}x smaller than FP32" if bpv else "not trained yet"
+    if bpv:
+        mem = f"{bpv:.1f} bytes/vector in RAM, {st['compression']:.1f}x smaller than FP32"
+    elif st.get("dim"):  # codes learn from as many vectors as the Python API waits for
+        mem = (f"{st['quantization']}/{st['index']} codes not trained yet: {st['pending_untrained']} vectors searched "
+               f"exactly until {s.settings.train_size} arrive (`qvec retrain` trains on what is there now)")
+    else:
+        mem = "empty"
     seconds = time.perf_counter() - t0
     click.echo(f"{st['count']} vectors in {store} (+{added} added, {skipped} already stored): {mem}; "
                f"{seconds:.1f}s, {added / seconds:,.1f} documents/s")
@@ -169,11 +176,11 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     with bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", TextTruncated)  # one summary line below instead of one per batch
         rows = _records(path, text_field, id_field, metadata_fields)
-        added, skipped = _run(ctx, s.ingest, rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
+        added, skipped = s.ingest(rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
                               on_batch=lambda n_read, _: bar.update(n_read))
-    emb = s._embedder  # noqa: SLF001 -- only if texts were embedded; never loads the model
-    if getattr(emb, "truncated", 0):
-        window = getattr(getattr(emb, "model", None), "max_seq_length", "?")
+    emb = s.loaded_embedder  # only if texts were embedded; never loads the model
+    if emb is not None and emb.truncated:
+        window = emb.window
         click.echo(f"note: {emb.truncated} of the texts in {Path(path).name} are longer than {emb.name}'s "
                    f"{window}-token window; only their first {window} tokens were embedded "
                    "(split long documents into passages to make all of their text searchable)", err=True)
@@ -195,11 +202,11 @@ def _build_vectors(ctx, s, path, upsert):
     metas = [r.get("metadata", {}) for r in rows] if rows else None
     keep = list(range(len(x)))
     if not upsert:
-        have = set(s.db.fids_of(ids))
+        have = s.existing(ids)
         keep = [i for i in keep if ids[i] not in have]
     if keep:
         write = s.upsert if upsert else s.add
-        _run(ctx, write, vectors=x[keep], ids=[ids[i] for i in keep],
+        write(vectors=x[keep], ids=[ids[i] for i in keep],
              metadata=[metas[i] for i in keep] if metas else None)
     return len(keep), len(x) - len(keep)
 
@@ -232,8 +239,8 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
     except json.JSONDecodeError as e:
         raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
     params = {k_: v for k_, v in (("nprobe", nprobe), ("ef_search", ef_search), ("oversample", oversample)) if v}
-    with _run(ctx, open_store, store, read_only=True, model_precision=model_precision) as s:
-        results = _run(ctx, s.search_batch, queries, k, where=filt, **params)
+    with open_store(store, read_only=True, model_precision=model_precision) as s:
+        results = s.search_batch(queries, k, where=filt, **params)
     out = io.StringIO()
     for q, hits in zip(queries, results):
         if as_json:
@@ -261,8 +268,8 @@ def info(ctx, store, as_json):
     Example:
       qvec info docs.qvec --json | python -m json.tool
     """
-    with _run(ctx, open_store, store, read_only=True) as s:
-        st = _run(ctx, s.stats)
+    with open_store(store, read_only=True) as s:
+        st = s.stats().to_dict()
     if as_json:
         click.echo(json.dumps(st, indent=1))
         return
@@ -298,8 +305,8 @@ def get(ctx, store, ids):
     Example:
       qvec get docs.qvec pydoc.txt:12 pydoc.txt:13
     """
-    with _run(ctx, open_store, store, read_only=True) as s:
-        for item in _run(ctx, s.get, list(ids)):
+    with open_store(store, read_only=True) as s:
+        for item in s.get(list(ids)):
             click.echo(json.dumps({"id": item.id, "text": item.text, "metadata": item.metadata}, ensure_ascii=False))
 
 
@@ -314,9 +321,28 @@ def delete(ctx, store, ids):
     Example:
       qvec delete docs.qvec pydoc.txt:12
     """
-    with _run(ctx, open_store, store, create=False) as s:
-        n = _run(ctx, s.delete, list(ids))
+    with open_store(store, create=False) as s:
+        n = s.delete(list(ids))
     click.echo(f"deleted {n}")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+def retrain(store):
+    """Learn STORE's codes (scales, codebooks, centroids) again from every stored vector and
+    re-encode it: from the originals when kept (--rescore), else by embedding the stored
+    texts again. Atomic: until it commits, the store keeps its old codes.
+
+    \b
+    Example:
+      qvec retrain docs.qvec
+    """
+    t0 = time.perf_counter()
+    with open_store(store, create=False) as s:
+        s.retrain()
+        st = s.stats().to_dict()
+    click.echo(f"retrained {st['quantization']}/{st['index']} on {st['count']} vectors in "
+               f"{time.perf_counter() - t0:.1f}s")
 
 
 @main.command()
@@ -332,11 +358,11 @@ def export(ctx, store, out, with_vectors):
     Re-import:
       qvec export docs.qvec rows.jsonl && qvec build copy.qvec rows.jsonl --metadata-fields all
     """
-    with _run(ctx, open_store, store, read_only=True) as s:
+    with open_store(store, read_only=True) as s:
         ids = s.ids()
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]
-            vecs = _run(ctx, s.vectors, chunk) if with_vectors else None
+            vecs = s.vectors(chunk) if with_vectors else None
             for j, item in enumerate(s.get(chunk)):
                 # metadata fields at top level: `qvec build --metadata-fields all` reads them back
                 row = {**item.metadata, "id": item.id, "text": item.text}
@@ -390,7 +416,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         raise click.UsageError("give the base data as --vectors FILE or --corpus FILE (one of them)", ctx)
     if quick and configs:
         raise click.UsageError("--quick chooses the configurations: drop it or the --config options", ctx)
-    configs = [_run(ctx, qbench.Config.parse, c) for c in configs]
+    configs = [qbench.Config.parse(c) for c in configs]
     cache_dir = cache_dir or str(Path(out) / "cache")
     embedder = None
 
@@ -401,17 +427,17 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
 
             embedder = SentenceTransformerEmbedder(model or DEFAULT_MODEL)
         click.echo(f"embedding {len(texts):,} {what} (cached in {cache_dir})", err=True)
-        return _run(ctx, qbench.embed_cached, texts, embedder, cache_dir, show_progress=sys.stderr.isatty())
+        return qbench.embed_cached(texts, embedder, cache_dir, show_progress=sys.stderr.isatty())
 
     gt = None
     doc_ids: list[str] | None = None
     if vectors:
         _must_exist(ctx, vectors, "--vectors")
         if vectors.lower().endswith((".hdf5", ".h5")):
-            ann = _run(ctx, read_ann_hdf5, vectors)
+            ann = read_ann_hdf5(vectors)
             xb, xq, gt, metric = ann.train, ann.test, ann.neighbors, metric or ann.metric
         else:
-            xb, xq = _run(ctx, read_vectors, vectors), None
+            xb, xq = read_vectors(vectors), None
     else:
         _must_exist(ctx, corpus, "--corpus")
         rows = list(_records(corpus, "text", "id", None))
@@ -421,7 +447,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
     if queries:
         _must_exist(ctx, queries, "--queries")
         if queries.lower().endswith(VECTOR_SUFFIXES):
-            xq, gt = _run(ctx, read_vectors, queries), None
+            xq, gt = read_vectors(queries), None
         else:
             qrows = list(_records(queries, "text", "id", "relevant"))
             xq, gt = embed([r[1] for r in qrows], "queries"), None
@@ -430,7 +456,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         raise click.UsageError("give --queries FILE (or an .hdf5 with a test set)", ctx)
     if ground_truth:
         _must_exist(ctx, ground_truth, "--ground-truth")
-        gt = _run(ctx, read_vectors, ground_truth).astype(np.int64)
+        gt = read_vectors(ground_truth).astype(np.int64)
     if limit:
         xb, gt = xb[:limit], None  # true neighbours of the full set no longer hold
         if relevant is not None:  # a label beyond the limit cannot be found
@@ -455,7 +481,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         click.echo(f"  {r['config']:<34} {r['bytes_per_vector']:>8.1f} B/vec  R@10 {r['recall_at_10']:.4f}{task}  "
                    f"{r['qps']:>9,.0f} q/s", err=True)
 
-    records = _run(ctx, qbench.run, ds, configs, progress=report, repeat=repeat)
+    records = qbench.run(ds, configs, progress=report, repeat=repeat)
     qbench.write_results(out, ds, records, gt_from_file=gt is not None)
     click.echo(f"wrote {Path(out) / 'results.json'}, results.md and recall_vs_memory.png")
 

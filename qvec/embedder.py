@@ -27,12 +27,15 @@ __all__ = ["Embedder", "SentenceTransformerEmbedder", "DEFAULT_MODEL", "MODEL_PR
 
 @runtime_checkable
 class Embedder(Protocol):
-    """What a store needs from a model: a name, a dimension and ``embed``."""
+    """Everything a store (and ``qvec build``/``bench``) uses of a model."""
 
-    name: str
+    name: str  # recorded with the store; a store reopened with another model is a SettingsConflict
     dim: int
+    precision: str  # "fp32" or "int8": what the model runs at (a store keeps its texts at one)
+    truncated: int  # texts embedded from their first ``window`` tokens only, so far (the CLI reports it)
+    window: int | None  # the model's token window, None if it has none
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """Return float32 vectors, shape (len(texts), dim)."""
         ...
 
@@ -106,6 +109,10 @@ class SentenceTransformerEmbedder:
     @property
     def model(self):
         return _load(self.name)
+
+    @property
+    def window(self) -> int | None:
+        return getattr(self.model, "max_seq_length", None)
 
     @property
     def dim(self) -> int:

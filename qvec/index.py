@@ -1,16 +1,25 @@
-"""The FAISS side of a store: build an index from ``Settings``, train, add, remove,
-search with an ID filter, serialise, and measure the RAM it holds per vector.
+"""The FAISS side of a store, and the only module besides ``metrics`` that imports faiss.
 
-Every vector in the index carries its store-wide integer id (``fid``). FAISS ids are
-assigned by the store, only ever increase, and are never reused.
+Two indexes stand behind one interface (``add``, ``remove``, ``search`` with an ID filter,
+``reconstruct``, ``fids``), so the store never branches on whether codes are trained:
+``ExactBuffer`` holds the FP32 vectors that wait for training and searches them exactly;
+``VectorIndex`` holds trained codes. Exact top-k over given rows (``exact_search``) and
+re-ranking candidates against originals (``rescore``, a block of queries at a time) live
+here too.
+
+Every vector carries its store-wide integer id (``fid``). Fids are assigned by the store,
+only ever increase, and are never reused.
 
 Choices the FAISS API forces, in one place:
-- Flat PQ/OPQ is a single-list IVF (``IVF1,PQm``): the same codes, but IVF search honours
-  an ID selector and flat ``IndexPQ`` does not.
+- Flat PQ/OPQ is a single-list IVF (``IVF1,PQm``, see ``config.Flat``): the same codes, but
+  IVF search honours an ID selector and flat ``IndexPQ`` does not.
 - HNSW cannot remove vectors: removed ids become tombstones that the search excludes
   through its ID selector, until the store compacts (rebuilds) the index.
 - Binary codes (1 bit/dimension, thresholded at each dimension's training median) are
   searched by Hamming distance in ``IndexBinaryFlat``; FAISS's binary IVF/HNSW cannot filter.
+- Reading vectors back never changes the index: IVF's direct map (fid → list position) is
+  not switched on, since doing so under concurrent readers crashed the process; the wanted
+  codes are found by scanning the lists' ids and decoded with ``sa_decode``.
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
   decoded a block at a time and scored by a matrix product (``_search_decoded``). FAISS
   scans them query by query, ~5× slower for a batch of 1,000 queries than its FP32 flat
@@ -20,15 +29,23 @@ Choices the FAISS API forces, in one place:
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+
 import faiss
 import numpy as np
 
-from .quantization import Settings
+from .config import HNSW, IVF, SQ, SearchParams, Settings
+from .errors import NotTrained
 
-__all__ = ["VectorIndex"]
+__all__ = ["VectorIndex", "ExactBuffer", "empty_index", "exact_search", "rescore", "new_index",
+           "one_faiss_thread", "FAISS_VERSION"]
 
 DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GEMM
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
+TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
+RESCORE_BLOCK_BYTES = 64 << 20  # candidate vectors gathered at once while re-ranking
 
 _RANGE_STATS = {
     "minmax": faiss.ScalarQuantizer.RS_minmax,
@@ -40,19 +57,28 @@ _RANGE_STATS = {
 _RANGE_ARGS = {"minmax": 0.0, "meanstd": 3.0, "quantiles": 0.001, "optim": 0.0}
 
 
-def _factory(s: Settings) -> str:
-    q, ix = s.quantization, s.index
-    code = q.code_factory()
-    pre = f"OPQ{q.m}," if q.kind == "opq" else ""
-    if ix.kind == "flat":
-        return f"{pre}IVF1,{code}" if q.kind in ("pq", "opq") else code
-    if ix.kind == "ivf":
-        return f"{pre}IVF{ix.param},{code}"
-    return f"{pre}HNSW{ix.param}" + ("" if q.kind == "fp32" else f",{code}")
+
+def _empty(nq: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((nq, 0), np.float32), np.zeros((nq, 0), np.int64)
 
 
-def _metric(s: Settings) -> int:
-    return faiss.METRIC_L2 if s.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+FAISS_VERSION = faiss.__version__
+
+
+@contextmanager
+def one_faiss_thread():
+    """FAISS's OpenMP on one thread for the calling thread (a per-thread setting: others keep
+    theirs). Its threads spin between calls and take the cores from BLAS or from the caller."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _faiss_metric(metric: str) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 
 
 def _unwrap(index):
@@ -77,48 +103,182 @@ def _bitmap(fids: np.ndarray) -> np.ndarray:
     return np.packbits(mask, bitorder="little")
 
 
-class VectorIndex:
-    """A FAISS index with integer ids, its search parameters and tombstones."""
+# -- exact scoring ------------------------------------------------------------------------------
+def exact_search(xq: np.ndarray, x: np.ndarray, fids: np.ndarray, k: int, metric: str):
+    """Exact top-k (scores, fids) of the queries over the rows ``x`` (whose fids are given)."""
+    if not len(fids):
+        return _empty(len(xq))
+    D, pos = faiss.knn(xq, np.ascontiguousarray(x, dtype=np.float32), min(k, len(fids)),
+                       metric=_faiss_metric(metric))
+    return D, np.where(pos >= 0, np.asarray(fids)[np.maximum(pos, 0)], -1)
 
-    def __init__(self, settings: Settings, index=None, threshold: np.ndarray | None = None):
+
+def rescore(xq: np.ndarray, I: np.ndarray, k: int, read: Callable[[np.ndarray], np.ndarray], metric: str):
+    """Re-rank candidate fids ``I`` (-1: none) by exact scores against ``read(fids)``'s
+    vectors, keeping k per query. Queries go a block at a time, so that the candidates'
+    vectors gathered at once stay near ``RESCORE_BLOCK_BYTES`` however big the batch."""
+    nq, kc = I.shape
+    dim = xq.shape[1]
+    step = max(1, RESCORE_BLOCK_BYTES // max(1, kc * dim * 4))
+    kk = min(k, kc)
+    D_out = np.zeros((nq, kk), np.float32)
+    I_out = np.full((nq, kk), -1, np.int64)
+    worst = np.inf if metric == "l2" else -np.inf
+    for a in range(0, nq, step):
+        Ib, qb = I[a : a + step], xq[a : a + step]
+        valid = Ib >= 0
+        flat = np.unique(Ib[valid])
+        if not len(flat):
+            D_out[a : a + step] = worst
+            continue
+        cand = read(flat)[np.searchsorted(flat, np.where(valid, Ib, flat[0]))]
+        if metric == "l2":
+            scores = ((cand - qb[:, None, :]) ** 2).sum(-1)
+            order = np.argsort(np.where(valid, scores, np.inf), axis=1, kind="stable")[:, :kk]
+        else:
+            scores = np.einsum("qcd,qd->qc", cand, qb)
+            order = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")[:, :kk]
+        scores = np.where(valid, scores, worst)
+        D_out[a : a + step] = np.take_along_axis(scores, order, 1)
+        I_out[a : a + step] = np.take_along_axis(np.where(valid, Ib, -1), order, 1)
+    return D_out, I_out
+
+
+# -- the untrained side ----------------------------------------------------------------------------
+class ExactBuffer:
+    """Vectors waiting for training, searched exactly (FP32): the index a store has before
+    its codes are trained."""
+
+    is_trained = False
+    removes_in_place = True
+    decodable = True
+    is_ivf = False
+
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.binary = settings.quantization.kind == "binary"
-        self.threshold = threshold  # binary only: per-dimension medians
         self.tombstones: set[int] = set()
-        self.index = index if index is not None else self._new()
-        self._empty_bytes: int | None = None
-        self.is_ivf = not self.binary and isinstance(_unwrap(self.index), faiss.IndexIVF)
-        self._decodable = (not self.binary and settings.index.kind == "flat"
-                           and isinstance(_unwrap(self.index), faiss.IndexScalarQuantizer))
-
-    # -- construction ---------------------------------------------------------------
-    def _new(self):
-        s = self.settings
-        if self.binary:
-            return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(s.dim))
-        index = faiss.index_factory(s.dim, _factory(s), _metric(s))
-        sq = _scalar_quantizer(index)
-        if sq is not None and s.quantization.kind in ("int8", "int4"):
-            sq.rangestat = _RANGE_STATS[s.range_stat]
-            sq.rangestat_arg = _RANGE_ARGS[s.range_stat]
-        if isinstance(_unwrap(index), faiss.IndexIVF):
-            return index  # IVF stores ids itself: no IDMap, no 8 bytes/vector twice
-        return faiss.IndexIDMap(index)
+        self._rows: dict[int, np.ndarray] = {}
 
     @property
-    def is_trained(self) -> bool:
-        return bool(self.index.is_trained) and (not self.binary or self.threshold is not None)
+    def ntotal(self) -> int:
+        return len(self._rows)
+
+    def add(self, x: np.ndarray, fids: np.ndarray) -> None:
+        self._rows.update(zip(np.asarray(fids).tolist(), np.asarray(x, dtype=np.float32)))
+
+    def remove(self, fids) -> None:
+        for f in np.asarray(list(fids), dtype=np.int64).tolist():
+            self._rows.pop(f, None)
+
+    def fids(self) -> np.ndarray:
+        return np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
+
+    def vectors(self) -> np.ndarray:
+        return np.stack(list(self._rows.values())) if self._rows else np.zeros((0, self.settings.dim), np.float32)
+
+    def reconstruct(self, fids: np.ndarray) -> np.ndarray:
+        return np.stack([self._rows[int(f)] for f in fids]) if len(fids) else np.zeros((0, self.settings.dim))
+
+    def search(self, xq, k, *, allowed=None, params: SearchParams | None = None):
+        fids = self.fids()
+        if allowed is not None:
+            fids = np.intersect1d(fids, allowed)
+        return exact_search(xq, self.reconstruct(fids), fids, k, self.settings.metric)
+
+
+# -- the trained side -------------------------------------------------------------------------------
+def empty_index(settings: Settings) -> ExactBuffer | VectorIndex:
+    """What a store with no vectors yet starts from: an exact buffer until its codes are
+    trained, or straight away the index for codes that learn nothing (fp32/fp16/bf16 flat, HNSW)."""
+    if settings.needs_training:
+        return ExactBuffer(settings)
+    return VectorIndex(settings, new_index(settings))
+
+
+def new_index(settings: Settings):
+    """An empty, untrained FAISS index for ``settings``."""
+    s = settings
+    if s.binary:
+        return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(s.dim))
+    index = faiss.index_factory(s.dim, s.factory(), _faiss_metric(s.metric))
+    sq = _scalar_quantizer(index)
+    if sq is not None and isinstance(s.codes, SQ):
+        sq.rangestat = _RANGE_STATS[s.range_stat]
+        sq.rangestat_arg = _RANGE_ARGS[s.range_stat]
+    if isinstance(_unwrap(index), faiss.IndexIVF):
+        return index  # IVF stores ids itself: no IDMap, no 8 bytes/vector twice
+    return faiss.IndexIDMap(index)
+
+
+class VectorIndex:
+    """A trained FAISS index with integer ids, its search parameters and tombstones."""
+
+    is_trained = True
+
+    def __init__(self, settings: Settings, index, threshold: np.ndarray | None = None):
+        self.settings = settings
+        self.binary = settings.binary
+        self.threshold = threshold  # binary only: per-dimension medians
+        self.tombstones: set[int] = set()
+        self.index = index
+        self._empty_bytes: int | None = None
+        self.is_ivf = not self.binary and isinstance(_unwrap(self.index), faiss.IndexIVF)
+        self.decodable = not self.binary
+        self._gemm = (not self.binary and settings.index.kind == "flat"
+                      and isinstance(_unwrap(self.index), faiss.IndexScalarQuantizer))
+
+    @classmethod
+    def trained(cls, settings: Settings, x: np.ndarray) -> VectorIndex:
+        """A new index whose codes (scales, codebooks, centroids, thresholds) are learned from
+        x: ``NotTrained`` below the fewest vectors training works with, a warning below the
+        count it asks for, a random sample of ``TRAIN_SAMPLE`` above it."""
+        s = settings
+        if len(x) < s.min_train_size:
+            raise NotTrained(f"{s.codes}/{s.index} needs at least {s.min_train_size} vectors to train, got {len(x)}: "
+                             "add more, or pass vectors= to train()")
+        if len(x) < s.train_size:
+            warnings.warn(f"training {s.codes}/{s.index} on {len(x)} vectors; {s.train_size} or more give better "
+                          "codes", stacklevel=5)
+        if len(x) > TRAIN_SAMPLE:
+            x = x[np.sort(np.random.default_rng(0).choice(len(x), TRAIN_SAMPLE, replace=False))]
+        index = new_index(settings)
+        if settings.binary:
+            return cls(settings, index, np.median(x, axis=0).astype(np.float32))
+        index.train(np.ascontiguousarray(x, dtype=np.float32))
+        return cls(settings, index)
+
+    @classmethod
+    def trained_from(cls, settings: Settings, fids: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray],
+                     chunk: int = 65_536) -> VectorIndex:
+        """A new index trained on, and holding, the rows ``fids``, whose vectors ``vectors_of``
+        gives (from disk, or embedded again): each fetched once when they all fit the training
+        sample, else a sample for training and then ``chunk`` rows at a time."""
+        if len(fids) <= TRAIN_SAMPLE:
+            x = vectors_of(fids)
+            index = cls.trained(settings, x)
+            index.add(x, fids)
+            return index
+        sample = np.sort(np.random.default_rng(0).choice(len(fids), TRAIN_SAMPLE, replace=False))
+        index = cls.trained(settings, vectors_of(fids[sample]))
+        for a in range(0, len(fids), chunk):
+            index.add(vectors_of(fids[a : a + chunk]), fids[a : a + chunk])
+        return index
+
+    def emptied(self) -> VectorIndex:
+        """The same trained codes, holding no vectors: compaction refills it with the live rows."""
+        if self.binary:
+            return VectorIndex(self.settings, new_index(self.settings), self.threshold)
+        clone = faiss.clone_index(self.index)
+        clone.reset()
+        return VectorIndex(self.settings, clone)
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
-    def train(self, x: np.ndarray) -> None:
-        if self.binary:
-            self.threshold = np.median(x, axis=0).astype(np.float32)
-        else:
-            self.index.train(x)
-        self._empty_bytes = None
+    @property
+    def removes_in_place(self) -> bool:
+        return self.settings.index.removes_in_place
 
     def _codes(self, x: np.ndarray) -> np.ndarray:
         return np.packbits(x > self.threshold, axis=1) if self.binary else x
@@ -128,10 +288,6 @@ class VectorIndex:
         if len(fids):
             self.index.add_with_ids(self._codes(x), np.ascontiguousarray(fids, dtype=np.int64))
 
-    @property
-    def removes_in_place(self) -> bool:
-        return self.settings.index.kind != "hnsw"
-
     def remove(self, fids) -> None:
         fids = np.asarray(list(fids), dtype=np.int64)
         if not len(fids):
@@ -139,40 +295,38 @@ class VectorIndex:
         if self.removes_in_place:
             self.index.remove_ids(fids)
         else:
-            self.tombstones.update(int(f) for f in fids)
-
-    @property
-    def live(self) -> int:
-        return self.ntotal - len(self.tombstones)
+            self.tombstones.update(fids.tolist())
 
     # -- search -----------------------------------------------------------------------
-    def search(
-        self,
-        xq: np.ndarray,
-        k: int,
-        *,
-        allowed: np.ndarray | None = None,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, xq: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, fids) per query; ``allowed`` restricts the search to those fids
         inside FAISS (an ID selector), so k hits come back whenever k allowed ids exist."""
-        if self._decodable and allowed is None and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
+        params = params or SearchParams()
+        if self._gemm and allowed is None and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
             return self._search_decoded(xq, k)
         sel, keep = self._selector(allowed)
-        params = self.search_parameters(k, nprobe=nprobe, ef_search=ef_search)
+        fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
         if sel is not None:
-            params.sel = sel
-        D, I = self.index.search(self._codes(xq), k, params=params)
+            fp.sel = sel
+        D, I = self.index.search(self._codes(xq), k, params=fp)
         del keep
         return D.astype(np.float32, copy=False), I
 
+    def search_raw(self, xq: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None):
+        """FAISS's own search of this index, as a user of FAISS would call it (no filter, no
+        qvec fast path): the benchmark's baseline. ``xq`` as the store prepares queries."""
+        return self.index.search(self._codes(xq), k, params=self.search_parameters(k, nprobe=nprobe,
+                                                                                   ef_search=ef_search))
+
     def search_parameters(self, k: int, *, nprobe: int | None = None, ef_search: int | None = None):
-        """FAISS search parameters with qvec's defaults: ``default_nprobe`` lists, efSearch 64 (at least k)."""
+        """FAISS search parameters with qvec's defaults (``config.IVF.default_nprobe``, HNSW's efSearch, at least k)."""
+        ix = self.settings.index
         if self.is_ivf:  # ivf, and flat PQ/OPQ (one list)
-            return faiss.SearchParametersIVF(nprobe=min(nprobe or self.default_nprobe, self.nlist))
-        if self.settings.index.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=max(ef_search or 64, k))
+            default = ix.default_nprobe if isinstance(ix, IVF) else 1
+            return faiss.SearchParametersIVF(nprobe=min(nprobe or default, self.nlist))
+        if isinstance(ix, HNSW):
+            return faiss.SearchParametersHNSW(efSearch=max(ef_search or ix.default_ef_search, k))
         return faiss.SearchParameters()
 
     def _search_decoded(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,9 +345,7 @@ class VectorIndex:
             fids = faiss.rev_swig_ptr(outer.id_map.data(), n)
             # FAISS's OpenMP threads spin between calls and take the cores from the BLAS
             # threads of the product (2-3× slower here): decode and heap on this thread.
-            threads = faiss.omp_get_max_threads()  # this thread's setting: others keep theirs
-            faiss.omp_set_num_threads(1)
-            try:
+            with one_faiss_thread():
                 for a in range(0, n, DECODE_BLOCK):
                     x = inner.sa_decode(codes[a : a + DECODE_BLOCK])
                     scores = xq @ x.T
@@ -201,8 +353,6 @@ class VectorIndex:
                         scores = np.einsum("ij,ij->i", x, x)[None, :] - 2 * scores
                     block = np.ascontiguousarray(fids[a : a + DECODE_BLOCK])
                     heap.heaps.addn_with_ids(len(block), faiss.swig_ptr(scores), faiss.swig_ptr(block), 0)
-            finally:
-                faiss.omp_set_num_threads(threads)
         heap.finalize()
         if not ip:
             heap.D += np.where(heap.I >= 0, np.einsum("ij,ij->i", xq, xq)[:, None], 0)
@@ -211,13 +361,6 @@ class VectorIndex:
     @property
     def nlist(self) -> int:
         return int(_unwrap(self.index).nlist) if self.is_ivf else 0
-
-    @property
-    def default_nprobe(self) -> int:
-        # FAISS's default of 1 list loses most neighbours; 1/32 of the lists (>= 8) keeps
-        # recall@10 above 0.9 on MiniLM embeddings (bench/results/).
-        n = self.nlist
-        return min(n, max(8, n // 32))
 
     def _selector(self, allowed: np.ndarray | None):
         """An ID selector from a bitmap over fids: one bit per fid, O(1) per test
@@ -237,26 +380,53 @@ class VectorIndex:
         # IDSelectorBitmap's n is the bitmap's length in bytes, not in bits.
         return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
-    # -- decoding ---------------------------------------------------------------------
+    # -- reading vectors back -------------------------------------------------------------
     def reconstruct(self, fids: np.ndarray) -> np.ndarray:
-        """Decoded vectors (what the codes hold) for fids; not for binary codes."""
+        """Decoded vectors (what the codes hold) for fids, in order. Reads only: safe
+        beside any number of searching or reconstructing threads. Not for binary codes."""
         fids = np.asarray(fids, dtype=np.int64)
-        outer = faiss.downcast_index(self.index)
         if self.binary:
             raise NotImplementedError("binary codes cannot be decoded to vectors")
+        if not len(fids):
+            return np.zeros((0, self.settings.dim), np.float32)
+        outer = faiss.downcast_index(self.index)
         if isinstance(outer, faiss.IndexIDMap):
             id_map = faiss.vector_to_array(outer.id_map)  # fids in insertion order: ascending
             return outer.index.reconstruct_batch(np.searchsorted(id_map, fids))
         ivf = faiss.extract_index_ivf(outer)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # fid -> list position, for this call only
-        try:
-            return np.vstack([outer.reconstruct(int(f)) for f in fids] or [np.zeros((0, self.settings.dim))])
-        finally:
-            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        lists, nbytes = ivf.invlists, int(ivf.code_size)
+        listno = np.zeros(8, np.uint8)
+        want = np.unique(fids)
+        found_fids, found_codes = [], []
+        for no in range(ivf.nlist):
+            n = lists.list_size(no)
+            if not n:
+                continue
+            ids = faiss.rev_swig_ptr(lists.get_ids(no), n)
+            at = np.flatnonzero(np.isin(ids, want, assume_unique=True))
+            if len(at):
+                codes = faiss.rev_swig_ptr(lists.get_codes(no), n * nbytes).reshape(n, nbytes)[at]
+                listno[:] = np.frombuffer(np.int64(no).tobytes(), np.uint8)  # sa codes start with the list
+                prefix = np.tile(listno[: ivf.coarse_code_size()], (len(at), 1))
+                found_fids.append(ids[at].copy())
+                found_codes.append(np.hstack([prefix, codes]))
+        got = np.concatenate(found_fids) if found_fids else np.zeros(0, np.int64)
+        order = np.argsort(got)
+        pos = order[np.searchsorted(got[order], fids)] if len(got) else None
+        if pos is None or not np.array_equal(got[pos], fids):
+            raise KeyError("some fids are not in the index")
+        decoded = outer.sa_decode(np.ascontiguousarray(np.vstack(found_codes)))
+        return decoded[pos]
 
-    def all_fids(self) -> np.ndarray:
-        """Every fid the index holds, tombstones included (flat and HNSW float indexes)."""
-        return faiss.vector_to_array(faiss.downcast_index(self.index).id_map)
+    def fids(self) -> np.ndarray:
+        """Every fid the index holds, tombstones included."""
+        outer = faiss.downcast_index(self.index)
+        if isinstance(outer, (faiss.IndexIDMap, faiss.IndexBinaryIDMap)):
+            return faiss.vector_to_array(outer.id_map)
+        lists = faiss.extract_index_ivf(outer).invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     # -- persistence ------------------------------------------------------------------
     def serialize(self) -> bytes:
@@ -266,11 +436,14 @@ class VectorIndex:
 
     @classmethod
     def deserialize(cls, settings: Settings, data: bytes, threshold: np.ndarray | None) -> VectorIndex:
+        """Raises ValueError when FAISS cannot read ``data`` or it does not match ``settings``."""
         buf = np.frombuffer(data, dtype=np.uint8)
-        if settings.quantization.kind == "binary":
-            index = faiss.deserialize_index_binary(buf)
-        else:
-            index = faiss.deserialize_index(buf)
+        try:
+            index = faiss.deserialize_index_binary(buf) if settings.binary else faiss.deserialize_index(buf)
+        except RuntimeError as e:
+            raise ValueError(str(e).splitlines()[0]) from None
+        if index.d != settings.dim:
+            raise ValueError(f"it holds {index.d}-dim vectors, the store {settings.dim}")
         return cls(settings, index, threshold)
 
     # -- accounting -------------------------------------------------------------------
@@ -284,26 +457,22 @@ class VectorIndex:
     def fixed_bytes(self) -> int:
         """Bytes that do not grow with the count: scales, codebooks, centroids, headers."""
         if self._empty_bytes is None:
-            if self.binary:  # nothing trained inside: the thresholds live in SQLite
-                self._empty_bytes = len(faiss.serialize_index_binary(self._new()))
-            else:
-                clone = faiss.clone_index(self.index)
-                clone.reset()
-                self._empty_bytes = len(faiss.serialize_index(clone))
+            self._empty_bytes = len(self.emptied().serialize())
         return self._empty_bytes
 
     def trained_parameters(self) -> dict:
         """The stored scales/codebooks, for stats(): shapes always, values where small."""
         out: dict = {}
+        s = self.settings
         if self.binary:
             return {"binary_thresholds": [len(self.threshold)]} if self.threshold is not None else {}
         sq = _scalar_quantizer(self.index)
-        if sq is not None and self.settings.quantization.kind in ("int8", "int4") and self.is_trained:
+        if sq is not None and isinstance(s.codes, SQ):
             t = faiss.vector_to_array(sq.trained).reshape(2, -1)
-            out["scales"] = {"range_stat": self.settings.range_stat, "vmin": t[0].tolist(), "vdiff": t[1].tolist()}
+            out["scales"] = {"range_stat": s.range_stat, "vmin": t[0].tolist(), "vdiff": t[1].tolist()}
         inner = _unwrap(self.index)
         if isinstance(inner, faiss.IndexIVF):
-            out["ivf_centroids"] = [int(inner.nlist), self.settings.dim]
+            out["ivf_centroids"] = [int(inner.nlist), s.dim]
             pq = getattr(faiss.downcast_index(inner), "pq", None)
             if pq is not None:
                 out["pq_codebooks"] = [int(pq.M), int(pq.ksub), int(pq.dsub)]
@@ -311,6 +480,6 @@ class VectorIndex:
             storage = faiss.downcast_index(inner.storage)
             if hasattr(storage, "pq"):
                 out["pq_codebooks"] = [int(storage.pq.M), int(storage.pq.ksub), int(storage.pq.dsub)]
-        if self.settings.quantization.kind == "opq":
-            out["opq_rotation"] = [self.settings.dim, self.settings.dim]
+        if s.codes.kind == "opq":
+            out["opq_rotation"] = [s.dim, s.dim]
         return out

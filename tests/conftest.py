@@ -49,15 +49,3 @@ def model():
     emb = SentenceTransformerEmbedder()
     assert emb.dim == 384  # loads the model once for the session
     return emb
-
-
-def exact_ids(xb: np.ndarray, xq: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Ground truth: exact cosine top-k row numbers, brute force in numpy."""
-    nb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
-    nq = xq / np.linalg.norm(xq, axis=1, keepdims=True)
-    s = nq @ nb.T
-    if allowed is not None:
-        mask = np.full(len(xb), -np.inf)
-        mask[allowed] = 0
-        s = s + mask
-    return np.argsort(-s, axis=1, kind="stable")[:, :k]

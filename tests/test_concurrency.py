@@ -13,8 +13,8 @@ import pytest
 import qvec
 
 WRITER = r"""
-import sys, numpy as np, qvec, qvec.store
-qvec.store.CHECKPOINT_ROWS = 200  # checkpoints, and index-file swaps, happen under the readers
+import sys, numpy as np, qvec, qvec.journal
+qvec.journal.CHECKPOINT_ROWS = 200  # checkpoints, and index-file swaps, happen under the readers
 with qvec.open(sys.argv[1], quantization="int8", dim=32) as s:
     for b in range(10_000):
         x = np.random.default_rng(b).standard_normal((40, 32)).astype("float32")
@@ -24,7 +24,7 @@ with qvec.open(sys.argv[1], quantization="int8", dim=32) as s:
 
 
 def snapshot_is_consistent(store) -> int:
-    fids = store._index.all_fids() if store.is_trained else np.array(sorted(store._pending))
+    fids = store.journal.index.fids()
     assert len(fids) % 40 == 0, f"a reader saw {len(fids)} rows: a half-applied batch"
     # the batch every indexed row came from is complete in the snapshot
     batches = np.bincount(fids // 40)

@@ -14,8 +14,8 @@ import pytest
 import qvec
 
 WRITER = r"""
-import sys, numpy as np, qvec, qvec.store
-qvec.store.CHECKPOINT_ROWS = 200  # checkpoint every few batches, so kills land inside them too
+import sys, numpy as np, qvec, qvec.journal
+qvec.journal.CHECKPOINT_ROWS = 200  # checkpoint every few batches, so kills land inside them too
 path, start = sys.argv[1], int(sys.argv[2])
 B = 40
 def vecs(b, version):
@@ -47,11 +47,8 @@ def check(path) -> int:
         for b, items in batches.items():
             assert len(items) == 40, f"batch {b} is half-applied: {len(items)} of 40 rows"
             assert len({i.metadata["v"] for i in items}) == 1, f"batch {b} is half-upserted"
-        if s.is_trained:
-            # the index holds exactly the rows SQLite holds
-            assert sorted(s._index.all_fids().tolist()) == sorted(s.db.all_fids().tolist())
-        else:
-            assert sorted(s._pending) == sorted(s.db.all_fids().tolist())
+        # the index (trained, or the exact buffer before training) holds exactly the rows SQLite holds
+        assert sorted(s.journal.index.fids().tolist()) == sorted(s.catalog.all_fids().tolist())
         # and each row is found by its own vector
         some = list(rows)[:: max(1, len(rows) // 50)]
         for rid in some:

@@ -42,14 +42,14 @@ def test_store_records_the_model_precision_and_reports_a_mismatch(tmp_path, corp
     with qvec.open(tmp_path / "s", model_precision="int8") as s:
         s.add(docs, ids=[str(i) for i in range(40)])
         st = s.stats()
-        assert st["model_precision"] == st["query_model_precision"] == "int8"
-        assert not st["model_precision_mismatch"]
+        assert st.model_precision == st.query_model_precision == "int8"
+        assert not st.model_precision_mismatch
         assert s.search(docs[7], 1)[0].id == "7"
     with qvec.open(tmp_path / "s", model_precision="fp32") as s:  # queries at another precision: allowed
         assert s.search(docs[7], 1)[0].id == "7"
         st = s.stats()
-        assert st["model_precision"] == "int8" and st["query_model_precision"] == "fp32"
-        assert st["model_precision_mismatch"]
+        assert st.model_precision == "int8" and st.query_model_precision == "fp32"
+        assert st.model_precision_mismatch
         with pytest.raises(qvec.SettingsConflict, match="model_precision='int8' to add texts"):
             s.add(["a new text"], ids=["new"])
         assert len(s) == 40
@@ -73,9 +73,9 @@ def test_cli_builds_and_searches_with_the_int8_model(tmp_path, corpus, int8_mode
 class Fixed:
     """A stand-in model: texts map to fixed vectors, so the pipeline is tested without torch."""
 
-    name, dim, precision = "fixed", 8, "fp32"
+    name, dim, precision, truncated, window = "fixed", 8, "fp32", 0, None
 
-    def embed(self, texts):
+    def embed(self, texts, *, show_progress=False):
         rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]  # seeded by the text
         return np.stack(rows).astype(np.float32)
 

@@ -52,9 +52,8 @@ def test_reopen_gives_identical_results_and_recall(tmp_path, data, quantization,
     assert [[h.score for h in r] for r in before] == [[h.score for h in r] for r in after]
     _, gt = exact_knn(xb, xq, 10)
     assert recall_at_k(rows(after), gt, 10) >= FLOOR[quantization]
-    assert stats["count"] == len(xb) and stats["dim"] == 384 and stats["trained"]
-    assert stats["bytes_per_vector"] > 0
-    assert stats["compression"] == pytest.approx(4 * 384 / stats["bytes_per_vector"])
+    assert stats.count == len(xb) and stats.dim == 384 and stats.trained
+    assert stats.bytes_per_vector > 0
 
 
 @pytest.mark.parametrize("quantization,index", KINDS)
@@ -114,9 +113,9 @@ def test_hnsw_tombstones_compact_and_stay_correct(tmp_path, data):
         store.add(vectors=xb, ids=ids)
         store.train()
         store.delete(ids[:300])
-        assert store.stats()["tombstones"] == 300  # under the compaction threshold
+        assert store.stats().tombstones == 300  # under the compaction threshold
         store.checkpoint(compact=True)
-        assert store.stats()["tombstones"] == 0
+        assert store.stats().tombstones == 0
         hits = store.search_batch(xq, 10)
         assert all(int(h.id) >= 300 for r in hits for h in r)
         _, gt = exact_knn(xb[300:], xq, 10)
@@ -133,7 +132,7 @@ def test_rescore_recovers_pq_recall(tmp_path, data):
             store.train()
             recall[rescore] = recall_at_k(rows(store.search_batch(xq, 10, oversample=4)), gt, 10)
             if rescore:
-                assert store.stats()["disk_bytes"]["originals"] == xb.nbytes
+                assert store.stats().disk_bytes["originals"] == xb.nbytes
     assert recall[True] >= 0.98 and recall[True] > recall[False] + 0.05
 
 
@@ -151,7 +150,7 @@ def test_untrained_store_searches_exactly_then_trains_automatically(tmp_path, da
     with qvec.open(tmp_path / "s") as store:  # untrained vectors survive in the log
         assert ids_of(store.search_batch(xq, 10, include=())) == ids_of(hits)
         store.add(vectors=np.vstack([xb[500:], xb[:400] * 0.5]), ids=ids[500:] + [f"x{i}" for i in range(400)])
-        assert store.is_trained and store.stats()["trained_parameters"]["scales"]["range_stat"] == "minmax"
+        assert store.is_trained and store.stats().trained_parameters["scales"]["range_stat"] == "minmax"
 
 
 def test_text_api_with_the_real_model(tmp_path, corpus, model):
@@ -164,7 +163,7 @@ def test_text_api_with_the_real_model(tmp_path, corpus, model):
         # a paraphrase-like query lands on the paragraph it describes
         store.add(["Cats purr when they are content.", "Dogs bark at strangers."], ids=["cat", "dog"])
         assert store.search("which animal purrs?", k=1)[0].id == "cat"
-        assert store.stats()["model"] == "all-MiniLM-L6-v2"
+        assert store.stats().model == "all-MiniLM-L6-v2"
 
 
 def test_stats_reports_measured_memory_and_scales(tmp_path, data):
@@ -173,11 +172,11 @@ def test_stats_reports_measured_memory_and_scales(tmp_path, data):
         store.add(vectors=xb, ids=ids)
         store.train()
         st = store.stats()
-    assert st["bytes_per_vector"] == pytest.approx(384 + 8)  # codes + the 8-byte id
-    scales = st["trained_parameters"]["scales"]
+    assert st.bytes_per_vector == pytest.approx(384 + 8)  # codes + the 8-byte id
+    scales = st.trained_parameters["scales"]
     assert len(scales["vmin"]) == len(scales["vdiff"]) == 384
-    assert set(st["disk_bytes"]) == {"index", "originals", "sqlite", "total"}
-    assert st["disk_bytes"]["index"] > 384 * len(xb)
+    assert set(st.disk_bytes) == {"index", "originals", "sqlite", "total"}
+    assert st.disk_bytes["index"] > 384 * len(xb)
 
 
 @pytest.mark.parametrize("quantization,index", [

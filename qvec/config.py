@@ -1,0 +1,385 @@
+"""A store's settings as small typed objects, parsed and validated once at the edge.
+
+Spec strings become objects that own what follows from them: ``"int8"`` → ``SQ(bits=8)``,
+``"pq48"`` → ``PQ(m=48)``, ``"ivf1024"`` → ``IVF(nlist=1024)``, ``"hnsw32"`` → ``HNSW(m=32)``.
+Each knows its FAISS factory string, how many vectors it trains on and its search
+defaults, so no other module re-derives them from strings. ``Settings`` ties one store's
+choices together and is stored as JSON with the store (the spec strings, unchanged since
+format 1). ``SearchParams`` is the same for the per-query knobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInput, InvalidSpec
+
+__all__ = ["Codes", "FloatCodes", "SQ", "PQ", "Binary", "IndexConfig", "Flat", "IVF", "HNSW", "Settings",
+           "SearchParams", "Requested", "parse_codes", "parse_index", "QUANTIZATIONS", "INDEXES", "METRICS",
+           "RANGE_STATS", "DEFAULT_OVERSAMPLE"]
+
+QUANTIZATIONS = ("fp32", "fp16", "bf16", "int8", "int4", "pq{M}", "opq{M}", "binary")
+INDEXES = ("flat", "ivf{nlist}", "hnsw{M}")
+METRICS = ("cosine", "ip", "l2")
+# FAISS ScalarQuantizer range statistics for int8/int4. The defaults were measured by
+# bench/range_stats.py on 100K MiniLM embeddings (bench/results/range_stats.md): with 8
+# bits the full min..max range is best (recall@10 0.994 vs <= 0.991); with 4 bits the
+# steps are coarse enough that clipping the 0.1% tails wins (0.940 vs 0.921 for min..max).
+RANGE_STATS = ("minmax", "meanstd", "quantiles", "optim")
+DEFAULT_OVERSAMPLE = 4
+# FAISS's sizes, far above anything useful: beyond them it fails in C++ or allocates without end.
+MAX_LISTS = 1 << 20
+MAX_LINKS = 256
+MAX_SEARCH_BREADTH = 1 << 16
+
+
+# -- codes ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Codes:
+    """How each vector is encoded."""
+
+    train_size = 0  # vectors to collect before training automatically
+    min_train_size = 1  # the fewest training can work with at all
+
+    @property
+    def kind(self) -> str:
+        return str(self)
+
+    @property
+    def needs_training(self) -> bool:
+        return self.train_size > 0
+
+    def check_dim(self, dim: int) -> None:
+        """InvalidSpec if these codes cannot encode ``dim``-dim vectors."""
+
+    def factory(self) -> str:
+        """The FAISS factory component for the codes."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FloatCodes(Codes):
+    """Floats as they are (fp32) or rounded to 16 bits (fp16, bf16): nothing to learn."""
+
+    name: str = "fp32"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def factory(self) -> str:
+        return {"fp32": "Flat", "fp16": "SQfp16", "bf16": "SQbf16"}[self.name]
+
+
+@dataclass(frozen=True)
+class SQ(Codes):
+    """Integer codes per dimension (8 or 4 bits), scaled by per-dimension ranges learned
+    with ``range_stat``'s statistic."""
+
+    bits: int = 8
+    train_size = 1_000
+
+    def __str__(self) -> str:
+        return f"int{self.bits}"
+
+    @property
+    def default_range_stat(self) -> str:
+        return "minmax" if self.bits == 8 else "quantiles"
+
+    def factory(self) -> str:
+        return f"SQ{self.bits}"
+
+
+@dataclass(frozen=True)
+class PQ(Codes):
+    """Product quantization: ``m`` sub-vectors, one byte each; ``opq`` learns a rotation first."""
+
+    m: int = 48
+    opq: bool = False
+    train_size = 39 * 256  # FAISS asks for 39 points per centroid
+    min_train_size = 256
+
+    def __str__(self) -> str:
+        return f"{'opq' if self.opq else 'pq'}{self.m}"
+
+    @property
+    def kind(self) -> str:
+        return "opq" if self.opq else "pq"
+
+    def check_dim(self, dim: int) -> None:
+        if dim % self.m:
+            divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= 96]
+            raise InvalidSpec(f"{self} splits vectors into {self.m} sub-vectors, but {self.m} does not divide "
+                              f"the dimension {dim}: use pq with one of {divisors}")
+
+    def factory(self) -> str:
+        # "np": no polysemous training, which the factory otherwise runs for minutes and
+        # which only Hamming pre-filtering (unused here) benefits from.
+        return f"PQ{self.m}np"
+
+
+@dataclass(frozen=True)
+class Binary(Codes):
+    """One bit per dimension, thresholded at each dimension's training median."""
+
+    train_size = 1_000
+
+    def __str__(self) -> str:
+        return "binary"
+
+    def check_dim(self, dim: int) -> None:
+        if dim % 8:
+            raise InvalidSpec(f"binary quantization needs a dimension divisible by 8, got {dim}")
+
+    def factory(self) -> str:
+        raise InvalidSpec("binary codes have no FAISS float factory: they live in IndexBinaryFlat")
+
+
+_ALIASES = {
+    **dict.fromkeys(("fp32", "float32", "f32", "flat"), FloatCodes("fp32")),
+    **dict.fromkeys(("fp16", "float16", "f16", "half"), FloatCodes("fp16")),
+    **dict.fromkeys(("bf16", "bfloat16"), FloatCodes("bf16")),
+    **dict.fromkeys(("int8", "i8", "sq8", "uint8"), SQ(8)),
+    **dict.fromkeys(("int4", "i4", "sq4"), SQ(4)),
+    **dict.fromkeys(("binary", "bit", "b1", "hamming"), Binary()),
+}
+
+
+def parse_codes(spec: Any) -> Codes:
+    """``"int8"`` → ``SQ(bits=8)``, ``"pq48"`` → ``PQ(m=48)``; a ``Codes`` passes through."""
+    if isinstance(spec, Codes):
+        return spec
+    s = spec.strip().lower() if isinstance(spec, str) else None
+    if s in _ALIASES:
+        return _ALIASES[s]
+    m = re.fullmatch(r"(o?pq)(\d{1,4})", s or "")
+    if m and int(m.group(2)) > 0:
+        return PQ(int(m.group(2)), opq=m.group(1) == "opq")
+    raise InvalidSpec(f"unknown quantization {spec!r}: expected one of {', '.join(QUANTIZATIONS)}")
+
+
+# -- indexes --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexConfig:
+    """How codes are searched."""
+
+    train_size = 0
+    min_train_size = 1
+    removes_in_place = True  # else removed ids are tombstones until compaction
+
+    @property
+    def kind(self) -> str:
+        return re.sub(r"\d+$", "", str(self))
+
+    def factory(self, codes: Codes) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Flat(IndexConfig):
+    """Every code scanned: exact over the codes."""
+
+    def __str__(self) -> str:
+        return "flat"
+
+    def factory(self, codes: Codes) -> str:
+        # Flat PQ/OPQ is a one-list IVF: the same codes, and IVF search honours an ID
+        # selector where flat IndexPQ does not.
+        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+        return f"{pre}IVF1,{codes.factory()}" if isinstance(codes, PQ) else codes.factory()
+
+
+@dataclass(frozen=True)
+class IVF(IndexConfig):
+    """Codes in ``nlist`` lists around k-means centroids; a search probes ``nprobe`` of them."""
+
+    nlist: int = 1024
+
+    def __post_init__(self):
+        _check_range("nlist", self.nlist, 1, MAX_LISTS)
+
+    def __str__(self) -> str:
+        return f"ivf{self.nlist}"
+
+    @property
+    def train_size(self) -> int:  # type: ignore[override]
+        return 39 * self.nlist
+
+    @property
+    def min_train_size(self) -> int:  # type: ignore[override]
+        return self.nlist
+
+    @property
+    def default_nprobe(self) -> int:
+        # FAISS's default of 1 list loses most neighbours; 1/32 of the lists (>= 8) keeps
+        # recall@10 above 0.9 on MiniLM embeddings (bench/results/).
+        return min(self.nlist, max(8, self.nlist // 32))
+
+    def factory(self, codes: Codes) -> str:
+        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+        return f"{pre}IVF{self.nlist},{codes.factory()}"
+
+
+@dataclass(frozen=True)
+class HNSW(IndexConfig):
+    """A graph with ``m`` links per node, walked ``ef_search`` wide."""
+
+    m: int = 32
+    removes_in_place = False
+    default_ef_search = 64
+
+    def __post_init__(self):
+        _check_range("HNSW links", self.m, 2, MAX_LINKS)
+
+    def __str__(self) -> str:
+        return f"hnsw{self.m}"
+
+    def factory(self, codes: Codes) -> str:
+        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+        return f"{pre}HNSW{self.m}" + ("" if str(codes) == "fp32" else f",{codes.factory()}")
+
+
+def _check_range(what: str, n: Any, lo: int, hi: int, error=InvalidSpec) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= hi:
+        raise error(f"{what} must be an integer from {lo} to {hi:,}, got {n!r}")
+
+
+def parse_index(spec: Any) -> IndexConfig:
+    """``"flat"``, ``"ivf1024"`` → ``IVF(nlist=1024)``, ``"hnsw32"`` → ``HNSW(m=32)``."""
+    if isinstance(spec, IndexConfig):
+        return spec
+    s = spec.strip().lower() if isinstance(spec, str) else ""
+    if s == "flat":
+        return Flat()
+    m = re.fullmatch(r"(ivf|hnsw)(\d*)", s)
+    if m:
+        n = int(m.group(2)) if m.group(2) else (1024 if m.group(1) == "ivf" else 32)
+        return IVF(n) if m.group(1) == "ivf" else HNSW(n)
+    raise InvalidSpec(f"unknown index {spec!r}: expected one of {', '.join(INDEXES)}, e.g. ivf1024 or hnsw32")
+
+
+# -- one store's settings ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """Everything that fixes how a store encodes and searches, stored with the store."""
+
+    dim: int
+    codes: Codes = SQ(8)
+    index: IndexConfig = Flat()
+    metric: str = "cosine"
+    model: str | None = None
+    model_precision: str = "fp32"  # of the model that embedded the texts (stores before it: fp32)
+    rescore: bool = False
+    range_stat: str = "minmax"
+
+    def __post_init__(self):
+        _check_range("dim", self.dim, 1, 1 << 16)
+        check_choices(metric=self.metric, range_stat=self.range_stat, rescore=self.rescore)
+        self.codes.check_dim(self.dim)
+        if isinstance(self.codes, Binary) and not isinstance(self.index, Flat):
+            raise InvalidSpec(f"binary quantization supports index='flat' only, got {self.index}: FAISS's binary "
+                              "IVF/HNSW indexes cannot apply filters; use binary with flat, or pq/int4 with ivf/hnsw")
+
+    @property
+    def quantization(self) -> Codes:
+        return self.codes
+
+    @property
+    def train_size(self) -> int:
+        """Vectors to collect before training automatically."""
+        return max(self.codes.train_size, self.index.train_size)
+
+    @property
+    def min_train_size(self) -> int:
+        return max(self.codes.min_train_size, self.index.min_train_size)
+
+    @property
+    def needs_training(self) -> bool:
+        return self.train_size > 0
+
+    @property
+    def binary(self) -> bool:
+        return isinstance(self.codes, Binary)
+
+    def factory(self) -> str:
+        """The FAISS index_factory string (binary stores use IndexBinaryFlat instead)."""
+        return self.index.factory(self.codes)
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["quantization"] = str(d.pop("codes"))
+        d["index"] = str(self.index)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Settings:
+        d = dict(d)
+        d["codes"] = parse_codes(d.pop("quantization"))
+        d["index"] = parse_index(d["index"])
+        return cls(**d)
+
+
+def check_choices(*, metric: Any = "cosine", range_stat: Any = "minmax", rescore: Any = False) -> None:
+    """The settings that do not depend on the dimension: checked at ``open()``."""
+    if metric not in METRICS:
+        raise InvalidSpec(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if range_stat not in RANGE_STATS:
+        raise InvalidSpec(f"unknown range_stat {range_stat!r}: expected one of {', '.join(RANGE_STATS)}")
+    if not isinstance(rescore, bool):
+        raise InvalidSpec(f"rescore must be True or False, got {rescore!r}")
+
+
+@dataclass(frozen=True)
+class Requested:
+    """The settings a caller passed to ``qvec.open``, checked there: the spec strings (as the
+    store records them) of those given. A new store takes them with defaults for the rest."""
+
+    given: dict
+
+    @classmethod
+    def parse(cls, *, quantization=None, index=None, metric=None, model=None, rescore=None, dim=None,
+              range_stat=None) -> Requested:
+        given = {"quantization": None if quantization is None else str(parse_codes(quantization)),
+                 "index": None if index is None else str(parse_index(index)), "metric": metric, "model": model,
+                 "rescore": rescore, "dim": dim, "range_stat": range_stat}
+        req = cls({k: v for k, v in given.items() if v is not None})
+        check_choices(**{k: req.given[k] for k in ("metric", "range_stat", "rescore") if k in req.given})
+        if dim is not None:
+            req.settings(dim, "fp32")  # the dimension-dependent checks too
+        return req
+
+    def settings(self, dim: int, model_precision: str, default_model: str | None = None) -> Settings:
+        r = self.given
+        codes = parse_codes(r.get("quantization", "int8"))
+        return Settings(dim=dim, codes=codes, index=parse_index(r.get("index", "flat")),
+                        metric=r.get("metric", "cosine"), model=r.get("model", default_model),
+                        model_precision=model_precision, rescore=r.get("rescore", False),
+                        range_stat=r.get("range_stat") or getattr(codes, "default_range_stat", "minmax"))
+
+    def conflicts(self, stored: Settings) -> list[str]:
+        """``key=value (store has ...)`` for each given setting the stored ones differ from."""
+        have = stored.to_json()
+        return [f"{k}={v!r} (store has {have[k]!r})" for k, v in self.given.items() if have.get(k) != v]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-query knobs, validated once: IVF lists to probe, HNSW breadth, candidates per hit."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    oversample: int = DEFAULT_OVERSAMPLE
+
+    @classmethod
+    def parse(cls, params: dict) -> SearchParams:
+        unknown = set(params) - {"nprobe", "ef_search", "oversample"}
+        if unknown:
+            raise InvalidInput(f"unknown search parameter(s) {sorted(unknown)}: expected nprobe, ef_search, "
+                               "oversample")
+        out = {k: v for k, v in params.items() if v is not None}
+        for name, hi in (("nprobe", MAX_LISTS), ("ef_search", MAX_SEARCH_BREADTH), ("oversample", 1024)):
+            if name in out:
+                _check_range(name, out[name], 1, hi, InvalidInput)
+        return cls(**out)

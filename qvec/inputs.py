@@ -1,0 +1,124 @@
+"""Checking what callers hand a store, before any work is spent on it: vectors, texts,
+ids, metadata, ``k`` and ``include``. Each check raises one ``InvalidInput`` naming the fix."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .errors import DimensionMismatch, DuplicateId, InvalidInput
+
+__all__ = ["check_batch", "as_matrix", "check_texts", "check_ids", "dump_metadatas", "check_k", "check_include",
+           "check_lock_timeout", "normalised", "INCLUDE"]
+
+INCLUDE = ("text", "metadata")
+
+
+def as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
+    """A C-contiguous float32 (n, dim) array of finite numbers."""
+    try:
+        x = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{what} must be numbers, shape (n, dim): {e}") from None
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise InvalidInput(f"{what} must have shape (n, dim), got {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatch(f"store holds {dim}-dim vectors, got {x.shape[1]}: embed with the store's model")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise InvalidInput(f"{what} row {bad} contains NaN or inf: clean or drop it")
+    return np.ascontiguousarray(x)
+
+
+def normalised(x: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as the index holds them: unit length for cosine."""
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InvalidInput(f"row {int(np.flatnonzero(norms == 0)[0])} is a zero vector: "
+                               "it has no cosine similarity")
+        x = x / norms
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_batch(texts: Any, vectors: Any, ids: Any, metadata: Any, dim: int | None):
+    """One batch for add/upsert: (texts or None, vectors or None, ids, metadata JSON per row)."""
+    if (texts is None) == (vectors is None):
+        raise InvalidInput("pass either texts or vectors=, not both or neither")
+    texts = None if texts is None else check_texts(texts)
+    x = None if vectors is None else as_matrix(vectors, dim)
+    n = len(texts) if texts is not None else len(x)
+    if n == 0:
+        raise InvalidInput("nothing to add: the batch is empty")
+    return texts, x, check_ids(ids, n), dump_metadatas(metadata, n)
+
+
+def check_texts(texts: Any) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InvalidInput(f"text {i} is {'empty' if isinstance(t, str) else type(t).__name__}: "
+                               "pass non-empty strings")
+    return texts
+
+
+def check_ids(ids: Any, n: int) -> list[str]:
+    """One unique non-empty string per row; new random ids when None."""
+    if ids is None:
+        return [uuid.uuid4().hex for _ in range(n)]
+    ids = [ids] if isinstance(ids, str) else list(ids)
+    if len(ids) != n:
+        raise InvalidInput(f"got {len(ids)} ids for {n} rows: pass one id per row")
+    for i in ids:
+        if not isinstance(i, str) or not i:
+            raise InvalidInput(f"ids must be non-empty strings, got {i!r}")
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise DuplicateId(f"id {dup!r} appears twice in one batch: ids must be unique")
+    return ids
+
+
+def dump_metadatas(metadata: Any, n: int) -> list[str | None]:
+    """JSON text per row (None for no metadata)."""
+    if metadata is None:
+        return [None] * n
+    metadata = [metadata] if isinstance(metadata, dict) else list(metadata)
+    if len(metadata) != n:
+        raise InvalidInput(f"got {len(metadata)} metadata dicts for {n} rows: pass one per row")
+    return [_dump(m) for m in metadata]
+
+
+def _dump(meta: Any) -> str:
+    if not isinstance(meta, dict):
+        raise InvalidInput(f"metadata must be a dict per vector, got {type(meta).__name__}")
+    if not all(isinstance(k, str) for k in meta):
+        raise InvalidInput("metadata keys must be strings")
+    try:
+        return json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"metadata must be JSON-serialisable: {e}") from None
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInput(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def check_lock_timeout(timeout: Any) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout >= 0):
+        raise InvalidInput(f"lock_timeout must be seconds >= 0 or None, got {timeout!r}")
+
+
+def check_include(include: Any) -> tuple[str, ...]:
+    include = (include,) if isinstance(include, str) else tuple(include or ())
+    if set(include) - set(INCLUDE):
+        raise InvalidInput(f"include takes 'text' and/or 'metadata', got {include!r}")
+    return include

@@ -1,0 +1,329 @@
+"""Durability: the writer's lock, loading a store's index (a verified file plus the vector
+log replayed after it), and checkpoints (saving the index and emptying the log).
+
+The protocol. Each write is one catalog transaction that records the rows *and* their
+vectors in the vector log. A checkpoint writes the index to a new file (fsync'd, named
+with the log position it covers), then, in one transaction, names it in the catalog with
+its size and SHA-256 and drops the log up to that position; only then are older files
+removed. Loading reads the named file, checks size and checksum before FAISS parses a
+byte, and replays the log after it. A crash at any point therefore leaves every id fully
+present or fully absent, and the index agreeing with the rows.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog
+from .config import Settings
+from .errors import CorruptStore, StoreLocked, StoreNotFound
+from .index import ExactBuffer, VectorIndex, empty_index
+from .originals import Originals
+
+__all__ = ["WriterLock", "Journal", "IndexFileGone", "CHECKPOINT_ROWS"]
+
+LOCK_FILE = "write.lock"
+ORIGINALS_FILE = "originals.f32"
+DB_FILE = "qvec.sqlite"
+# Save the index once the log holds this many rows (or a quarter of the index): replaying
+# the log on open stays short, and a save's cost is spread over many writes.
+CHECKPOINT_ROWS = 10_000
+# Rebuild an HNSW graph once this share of it is deleted (at least COMPACT_MIN rows).
+COMPACT_SHARE = 0.2
+COMPACT_MIN = 1_000
+
+
+class IndexFileGone(CorruptStore):
+    """The index file the catalog names is missing (for a reader: a writer replaced it)."""
+
+
+class WriterLock:
+    """One writing process per store: an exclusive ``flock`` on ``write.lock``."""
+
+    def __init__(self, path: Path, timeout: float | None):
+        self._file = builtins.open(path / LOCK_FILE, "a+")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._file.close()
+                    waited = f" (waited {timeout:g}s)" if timeout else ""
+                    raise StoreLocked(f"{path} is open for writing elsewhere{waited}: close it there, "
+                                      "open with read_only=True, or pass lock_timeout= to wait") from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """One store's write path and its index in memory: the settings, the index (an exact
+    buffer until trained), the catalog's state, and the originals file. Every change goes
+    through here, so the protocol above holds by construction."""
+
+    def __init__(self, path: Path, catalog: Catalog, lock: WriterLock | None = None):
+        self.path = path
+        self.catalog = catalog
+        self.lock = lock  # None for a reader, which holds a snapshot instead
+        self.settings: Settings | None = None
+        self.index: ExactBuffer | VectorIndex | None = None
+        self.state: dict = {}
+        self.log_rows = 0  # log entries the saved index does not cover
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool, read_only: bool, lock_timeout: float | None) -> Journal:
+        """Lock (a writer) or snapshot (a reader) the store at ``path``, creating or upgrading
+        its catalog as needed, and load it."""
+        if path.exists() and not path.is_dir():
+            raise StoreNotFound(f"{path} is a file, not a qvec store: pass a directory path")
+        if not (path / DB_FILE).exists():
+            if not create:
+                raise StoreNotFound(f"no qvec store at {path}: create it with qvec.open(path) or `qvec build`")
+            if path.exists() and any(path.iterdir()):
+                raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
+            path.mkdir(parents=True, exist_ok=True)
+        lock = None if read_only else WriterLock(path, lock_timeout)
+        journal = None
+        try:
+            journal = cls(path, Catalog(path / DB_FILE), lock)
+            journal.catalog.open_format(create=create, lock=(lambda: WriterLock(path, 0).release) if read_only
+                                        else None)
+            journal.load()
+            return journal
+        except BaseException:
+            if journal is not None:
+                journal.close(save=False)
+            elif lock is not None:
+                lock.release()
+            raise
+
+    def close(self, *, save: bool = True) -> None:
+        """Save what the log holds (a writer), and let go of the catalog and the lock."""
+        try:
+            if save and self.lock is not None and self.log_rows:
+                self.checkpoint()
+        finally:
+            self.catalog.release_snapshot()
+            self.catalog.close()
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    @property
+    def originals(self) -> Originals:
+        return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+
+    def index_file_bytes(self) -> int:
+        name = self.state.get("index_file")
+        return (self.path / name).stat().st_size if name and (self.path / name).exists() else 0
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self, attempts: int = 5) -> None:
+        """Settings, index and log as one state of the catalog, the log replayed. A reader
+        holds that state as its snapshot; a writer's checkpoint may remove the index file a
+        snapshot names before it is read: then the reader takes the newer snapshot."""
+        for attempt in range(attempts):
+            if self.lock is None:
+                self.catalog.hold_snapshot()
+            try:
+                return self._load_state()
+            except IndexFileGone:
+                self.catalog.release_snapshot()
+                if attempt == attempts - 1 or self.lock is not None:
+                    raise
+
+    def reload(self) -> bool:
+        """A reader: move the snapshot to what writers committed since; whether anything changed."""
+        self.catalog.release_snapshot()
+        if not self.catalog.changed_since_snapshot():
+            self.catalog.hold_snapshot()
+            return False
+        self.load()
+        return True
+
+    def _load_state(self) -> None:
+        state = self.catalog.state()
+        self.state, self.index, self.log_rows = state, None, 0
+        self.settings = Settings.from_json(state["config"]) if "config" in state else None
+        if self.settings is None:
+            return
+        name = state.get("index_file")
+        index = self._read_index_file(self.settings, state) if name else empty_index(self.settings)
+        index.tombstones = self.catalog.tombstones()
+        if self.lock is not None:
+            for stray in self.path.glob("index-*.faiss*"):
+                if stray.name != name:  # written by a checkpoint that never committed
+                    stray.unlink()
+        self.log_rows = self._replay(index, state.get("checkpoint_seq", 0))
+        self.index = index
+
+    def _read_index_file(self, settings: Settings, state: dict) -> VectorIndex:
+        file = self.path / state["index_file"]
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise IndexFileGone(f"index file {file} is missing: restore it from a backup") from None
+        if len(data) != state["index_size"] or _sha256(data) != state["index_sha256"]:
+            raise CorruptStore(f"index file {file} fails its checksum ({len(data)} bytes, expected "
+                               f"{state['index_size']}): it was truncated or modified; restore it from a backup")
+        threshold = state.get("binary_threshold")
+        threshold = None if threshold is None else np.asarray(threshold, dtype=np.float32)
+        try:
+            return VectorIndex.deserialize(settings, data, threshold)
+        except ValueError as e:
+            raise CorruptStore(f"index file {file} cannot be read: {e}; restore it from a backup") from None
+
+    def _replay(self, index, after: int) -> int:
+        """Apply the logged adds and deletes made since the saved index was written."""
+        fids: list[int] = []
+        vecs: list[np.ndarray] = []
+        n = 0
+
+        def flush():
+            if fids:
+                index.add(np.stack(vecs), np.asarray(fids, dtype=np.int64))
+                fids.clear()
+                vecs.clear()
+
+        for _, op, fid, blob in self.catalog.log_entries(after):
+            n += 1
+            if op == "add":
+                fids.append(fid)
+                vecs.append(np.frombuffer(blob, dtype=np.float32))
+            else:
+                flush()
+                index.remove([fid])
+        flush()
+        return n
+
+    # -- writing ----------------------------------------------------------------------------
+    def write(self, settings: Settings, texts: list | None, x: np.ndarray, ids: list[str], metas: list,
+              replaced: np.ndarray) -> np.ndarray:
+        """One batch, atomically: originals first (rows past the last commit are overwritten by
+        the next add), then one transaction for rows, log and state, then the index in RAM.
+        The first batch of a new store fixes its ``settings`` in the same transaction."""
+        first_batch = self.settings is None
+        n, first = len(ids), self.state["next_fid"]
+        fids = np.arange(first, first + n, dtype=np.int64)
+        if settings.rescore:
+            Originals(self.path / ORIGINALS_FILE, settings.dim).write(first, x)
+        index = empty_index(settings) if first_batch else self.index
+        with self.catalog.transaction():
+            if first_batch:
+                self.catalog.put_state({"config": settings.to_json()})
+            self._log_delete(index, replaced)
+            self.catalog.insert(fids, ids, texts if texts is not None else [None] * n, metas)
+            self.catalog.log("add", fids, x)
+            self.catalog.put_state({"next_fid": first + n})
+        self.settings, self.index = settings, index
+        self.state["next_fid"] = first + n
+        self.log_rows += len(replaced) + n
+        index.remove(replaced)
+        index.add(x, fids)
+        return fids
+
+    def delete(self, fids: np.ndarray) -> None:
+        with self.catalog.transaction():
+            self._log_delete(self.index, fids)
+        self.log_rows += len(fids)
+        self.index.remove(fids)
+
+    def _log_delete(self, index, fids: np.ndarray) -> None:
+        if len(fids):
+            self.catalog.delete(fids)
+            self.catalog.log("del", fids)
+            if not index.removes_in_place:
+                self.catalog.add_tombstones(fids)
+
+    def fix_settings(self, settings: Settings) -> None:
+        """Record a new store's settings before any row (``train(vectors)`` on an empty store)."""
+        with self.catalog.transaction():
+            self.catalog.put_state({"config": settings.to_json()})
+        self.settings, self.index = settings, empty_index(settings)
+
+    # -- policy -------------------------------------------------------------------------------
+    def due(self) -> str | None:
+        """"train", "compact", "checkpoint" or None: what the index needs after a write."""
+        index = self.index
+        if not index.is_trained:
+            return "train" if index.ntotal >= self.settings.train_size else None
+        if len(index.tombstones) > max(COMPACT_MIN, index.ntotal * COMPACT_SHARE):
+            return "compact"
+        if self.log_rows >= max(CHECKPOINT_ROWS, index.ntotal // 4):
+            return "checkpoint"
+        return None
+
+    # -- saving -------------------------------------------------------------------------------
+    def train(self, x: np.ndarray | None = None) -> None:
+        """Learn the codes from ``x`` (default: the vectors waiting in the exact buffer), move
+        every waiting vector into them, and save."""
+        waiting = self.index
+        trained = VectorIndex.trained(self.settings, waiting.vectors() if x is None else x)
+        trained.add(waiting.vectors(), waiting.fids())
+        self.checkpoint(trained)
+
+    def compact(self, live: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Rebuild the index without its tombstones (the same trained codes, live rows only), and save it."""
+        fresh = self.index.emptied()
+        fresh.add(vectors_of(live), live)
+        self.checkpoint(fresh, clear_tombstones=True)
+
+    def checkpoint(self, index: VectorIndex | None = None, *, clear_tombstones: bool = False) -> None:
+        """Save ``index`` (a newly trained or rebuilt one, or the current) as the store's index
+        and empty the log it covers, atomically: until the commit, the store loads as before
+        (the old file and the whole log), and the caller's index is not installed."""
+        index = index or self.index
+        if index is None or not index.is_trained:
+            return  # untrained vectors live in the log until training
+        seq = self.catalog.last_seq()
+        data = index.serialize()
+        name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
+        tmp = self.path / (name + ".tmp")
+        with builtins.open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / name)
+        _fsync_dir(self.path)
+        values = {"index_file": name, "index_size": len(data), "index_sha256": _sha256(data),
+                  "checkpoint_seq": seq}
+        if index.threshold is not None:
+            values["binary_threshold"] = index.threshold.tolist()
+        with self.catalog.transaction():
+            self.catalog.put_state(values)
+            self.catalog.truncate_log(seq)
+            if clear_tombstones:
+                self.catalog.clear_tombstones()
+        self.index, self.log_rows = index, 0
+        self.state.update(values)
+        for old in self.path.glob("index-*.faiss"):
+            if old.name != name:
+                old.unlink()
+        self.catalog.reclaim()

@@ -1,0 +1,83 @@
+"""What a store hands back: search hits, stored rows and its accounting."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+__all__ = ["Hit", "Item", "Stats"]
+
+
+class Hit(NamedTuple):
+    """One search result. ``score`` is the similarity (cosine/ip: higher is closer) or the
+    squared L2 distance (l2; Hamming distance for unrescored binary: lower is closer).
+    A NamedTuple: immutable, and cheap enough to build 10,000 per batch."""
+
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A stored row, as ``get`` returns it."""
+
+    id: str
+    text: str | None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A store's counts, settings and accounting, as ``Store.stats()`` measures them.
+    Settings fields are None while the store is empty (its dimension not yet known)."""
+
+    path: str
+    count: int
+    format_version: int
+    dim: int | None = None
+    quantization: str | None = None
+    index: str | None = None
+    metric: str | None = None
+    model: str | None = None
+    model_precision: str | None = None  # the texts were embedded at
+    query_model_precision: str | None = None  # this Store embeds queries at
+    model_precision_mismatch: bool = False
+    rescore: bool | None = None
+    range_stat: str | None = None  # int8/int4 only
+    trained: bool = False
+    pending_untrained: int = 0  # vectors searched exactly until the codes are trained
+    tombstones: int = 0
+    log_rows: int = 0
+    fp32_bytes_per_vector: int | None = None
+    bytes_per_vector: float | None = None  # RAM, measured from the index (codes, ids, links)
+    compression: float | None = None
+    fixed_bytes: int | None = None  # scales, codebooks, centroids
+    disk_bytes: dict[str, int] = field(default_factory=dict)
+    trained_parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, path, count: int, format_version: int, settings, index, log_rows: int, disk: dict[str, int],
+           query_model_precision: str) -> Stats:
+        """The accounting of a store with these ``Settings`` and this index (trained or not)."""
+        base: dict[str, Any] = {"path": str(path), "count": count, "format_version": format_version}
+        s = settings
+        if s is None:
+            return cls(**base)
+        if index.is_trained and index.ntotal:
+            bpv = index.bytes_per_vector()
+            base |= {"bytes_per_vector": bpv, "compression": 4 * s.dim / bpv, "fixed_bytes": index.fixed_bytes()}
+        return cls(**base, dim=s.dim, quantization=str(s.codes), index=str(s.index), metric=s.metric, model=s.model,
+                   model_precision=s.model_precision, query_model_precision=query_model_precision,
+                   model_precision_mismatch=query_model_precision != s.model_precision, rescore=s.rescore,
+                   range_stat=s.range_stat if s.codes.kind in ("int8", "int4") else None,
+                   trained=index.is_trained, pending_untrained=0 if index.is_trained else index.ntotal,
+                   tombstones=len(index.tombstones), log_rows=log_rows, fp32_bytes_per_vector=4 * s.dim,
+                   disk_bytes=disk | {"total": sum(disk.values())},
+                   trained_parameters=index.trained_parameters() if index.is_trained else {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (``qvec info --json``)."""
+        return dataclasses.asdict(self)
