@@ -1,0 +1,82 @@
+"""Stores written by format 1 (qvec before the store was split; fixtures made by
+tests/fixtures/make_v1.py with that version) open, are migrated to format 2 on open, and
+hold exactly what they held: rows, metadata, vectors, the log that was not yet saved,
+tombstones, and untrained vectors."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qvec
+from qvec.journal import WriterLock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+X = np.load(FIXTURES / "v1-vectors.npy")
+
+
+def copy(tmp_path, name) -> Path:
+    path = tmp_path / name
+    shutil.copytree(FIXTURES / f"{name}.qvec", path)
+    return path
+
+
+def tables(path) -> set[str]:
+    with sqlite3.connect(path / "qvec.sqlite") as c:
+        return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_int8_store_with_an_unsaved_log_migrates_and_keeps_everything(tmp_path):
+    path = copy(tmp_path, "v1-int8-flat")
+    assert {"settings", "wal"} <= tables(path)
+    with qvec.open(path) as s:
+        assert tables(path) >= {"state", "vector_log", "items", "meta_kv", "tombstones"}
+        assert not {"settings", "wal"} & tables(path)
+        st = s.stats()
+        assert st.format_version == 2 and st.quantization == "int8" and st.rescore and st.trained
+        assert st.log_rows == 104  # 100 adds, 2 deletes, the upsert's delete and add: replayed, not lost
+        expect = [f"r{i}" for i in range(1300) if i not in (3, 1250)]
+        assert sorted(s.ids()) == sorted(expect) and len(s) == 1298
+        assert s.get("r4").metadata == {"g": 9} and s.get("r10").metadata == {"g": 1, "tag": "a"}
+        np.testing.assert_allclose(s.vectors(["r4", "r1299"]), unit(np.stack([X[5] * 2, X[1299]])), atol=1e-6)
+        assert [h.id for h in s.search(X[1280], 1)] == ["r1280"]  # a row that lived only in the log
+        assert {h.id for h in s.search(X[1280], 5, where={"g": 9})} == {"r4"}
+        s.add(vectors=X[:1], ids=["new"])
+    with qvec.open(path, read_only=True) as s:  # and as a format-2 store from now on
+        assert len(s) == 1299 and s.search(X[0], 2)[0].id in ("new", "r0")
+
+
+def test_hnsw_store_keeps_its_tombstones(tmp_path):
+    path = copy(tmp_path, "v1-fp32-hnsw")
+    with qvec.open(path, read_only=True) as s:  # a reader migrates too, while no writer holds the store
+        assert s.stats().tombstones == 3 and s.stats().metric == "l2"
+        hits = s.search(X[1], 5, include=())
+        assert "r1" not in {h.id for h in hits} and len(hits) == 5
+        assert s.search(X[7], 1)[0].id == "r7"
+
+
+def test_untrained_store_keeps_its_waiting_vectors(tmp_path):
+    path = copy(tmp_path, "v1-int8-untrained")
+    with qvec.open(path) as s:
+        assert not s.is_trained and len(s) == 50
+        assert [h.id for h in s.search(X[17], 1)] == ["r17"]
+        assert s.search(X[17], 1)[0].score == pytest.approx(1.0, abs=1e-5)  # searched exactly
+
+
+def test_a_reader_cannot_migrate_while_an_old_writer_holds_the_store(tmp_path):
+    path = copy(tmp_path, "v1-int8-untrained")
+    lock = WriterLock(path, 0)
+    try:
+        with pytest.raises(qvec.IncompatibleStore, match="older format, open for writing elsewhere"):
+            qvec.open(path, read_only=True)
+    finally:
+        lock.release()
+    assert "wal" in tables(path)  # untouched
