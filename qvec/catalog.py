@@ -239,6 +239,9 @@ class Catalog:
     def all_fids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items ORDER BY fid")), dtype=np.int64)
 
+    def count_without_text(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM items WHERE text IS NULL").fetchone()[0]
+
     def texts(self, fids: np.ndarray) -> list[str | None]:
         """The stored texts of fids, in order."""
         found = dict(self._select_in("fid, text", "fid", np.asarray(fids).tolist()))

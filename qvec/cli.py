@@ -6,7 +6,6 @@ filter, bad input file), 1 for anything else; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -20,16 +19,11 @@ import numpy as np
 from . import __version__
 from . import open as open_store
 from .embedder import MODEL_PRECISIONS
-from .errors import InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
+from .errors import InputFileError, InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
 from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
+from .sources import read_jsonl, read_records
 
-USAGE_ERRORS = (InvalidSpec, InvalidFilter)
-
-
-class InputLineError(click.ClickException):
-    """A bad line in an input file: names file:line."""
-
-    exit_code = 2
+USAGE_ERRORS = (InvalidSpec, InvalidFilter, InputFileError)
 
 
 class QvecGroup(click.Group):
@@ -61,49 +55,6 @@ def main(debug):
     """
 
 
-# -- reading inputs ------------------------------------------------------------------------
-def _records(path: str, text_field: str, id_field: str, metadata_fields: str | None):
-    """Yield (id, text, metadata) from JSONL, CSV or plain text (one document per line)."""
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    name = "stdin" if path == "-" else Path(path).name
-    suffix = "" if path == "-" else Path(path).suffix.lower()
-    with stream:
-        if suffix == ".csv":
-            rows = ((i + 2, r) for i, r in enumerate(csv.DictReader(stream)))
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            rows = _jsonl(stream, name)
-        else:
-            rows = ((i + 1, {text_field: line.rstrip("\n")}) for i, line in enumerate(stream))
-        for lineno, row in rows:
-            text = row.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                if suffix in ("", ".txt"):
-                    continue  # blank lines in plain text are separators, not documents
-                raise InputLineError(f"{name}:{lineno}: no text in field {text_field!r}; use --text-field")
-            rid = row.get(id_field)
-            rid = f"{name}:{lineno}" if rid in (None, "") else str(rid)
-            if metadata_fields == "all":
-                meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
-            elif metadata_fields:
-                meta = {k: row[k] for k in metadata_fields.split(",") if k in row}
-            else:
-                meta = {}
-            yield rid, text, meta
-
-
-def _jsonl(stream, name):
-    for i, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputLineError(f"{name}:{i}: not valid JSON ({e.msg}); fix or remove the line") from None
-        if not isinstance(row, dict):
-            raise InputLineError(f"{name}:{i}: expected a JSON object per line")
-        yield i, row
-
-
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
@@ -120,8 +71,7 @@ def _jsonl(stream, name):
 @click.option("--rescore/--no-rescore", default=None, help="keep FP32 originals on disk for exact re-ranking")
 @click.option("--upsert", is_flag=True, help="replace rows whose id exists (default: skip them)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@click.pass_context
-def build(ctx, store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
+def build(store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
           batch_size, rescore, upsert, quiet):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
@@ -135,14 +85,14 @@ def build(ctx, store, inputs, quantization, index, model, model_precision, text_
     """
     t0 = time.perf_counter()
     s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
-             model_precision=model_precision)
+                   model_precision=model_precision)
     added = skipped = 0
     try:
         for path in inputs:
             if path.lower().endswith(VECTOR_SUFFIXES):
-                a, k = _build_vectors(ctx, s, path, upsert)
+                a, k = _build_vectors(s, path, upsert)
             else:
-                a, k = _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
+                a, k = _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
             added, skipped = added + a, skipped + k
         st = s.stats().to_dict()
     finally:
@@ -160,7 +110,7 @@ def build(ctx, store, inputs, quantization, index, model, model_precision, text_
                f"{seconds:.1f}s, {added / seconds:,.1f} documents/s")
 
 
-def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet):
+def _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet):
     from tqdm import tqdm  # a rate and an ETA on stderr; silent when stderr is not a terminal
 
     added = skipped = 0
@@ -175,9 +125,9 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
                disable=not show, file=sys.stderr)
     with bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", TextTruncated)  # one summary line below instead of one per batch
-        rows = _records(path, text_field, id_field, metadata_fields)
+        rows = read_records(path, text_field, id_field, metadata_fields)
         added, skipped = s.ingest(rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
-                              on_batch=lambda n_read, _: bar.update(n_read))
+                                  on_batch=lambda n_read, _: bar.update(n_read))
     emb = s.loaded_embedder  # only if texts were embedded; never loads the model
     if emb is not None and emb.truncated:
         window = emb.window
@@ -188,15 +138,18 @@ def _build_texts(ctx, s, path, text_field, id_field, metadata_fields, batch_size
     return added, skipped
 
 
-def _build_vectors(ctx, s, path, upsert):
+def _build_vectors(s, path, upsert):
     try:
         x = read_ann_hdf5(path).train if path.endswith((".hdf5", ".h5")) else read_vectors(path)
     except InvalidInput as e:
-        raise InputLineError(f"not a readable vector file: {e}") from None
+        raise InputFileError(f"not a readable vector file: {e}") from None
     side = Path(path).with_suffix(".jsonl")
-    rows = [r for _, r in _jsonl(side.open(), side.name)] if side.exists() else None
+    rows = None
+    if side.exists():
+        with side.open(encoding="utf-8") as f:
+            rows = [r for _, r in read_jsonl(f, side.name)]
     if rows is not None and len(rows) != len(x):
-        raise InputLineError(f"{side.name} has {len(rows)} rows for {len(x)} vectors in {Path(path).name}")
+        raise InputFileError(f"{side.name} has {len(rows)} rows for {len(x)} vectors in {Path(path).name}")
     ids = [str(r.get("id", f"{Path(path).name}:{i}")) for i, r in enumerate(rows)] if rows else \
         [f"{Path(path).name}:{i}" for i in range(len(x))]
     metas = [r.get("metadata", {}) for r in rows] if rows else None
@@ -206,8 +159,7 @@ def _build_vectors(ctx, s, path, upsert):
         keep = [i for i in keep if ids[i] not in have]
     if keep:
         write = s.upsert if upsert else s.add
-        write(vectors=x[keep], ids=[ids[i] for i in keep],
-             metadata=[metas[i] for i in keep] if metas else None)
+        write(vectors=x[keep], ids=[ids[i] for i in keep], metadata=[metas[i] for i in keep] if metas else None)
     return len(keep), len(x) - len(keep)
 
 
@@ -260,8 +212,7 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="the full stats() as JSON")
-@click.pass_context
-def info(ctx, store, as_json):
+def info(store, as_json):
     """Settings, count, memory and disk use, compression and trained parameters of STORE.
 
     \b
@@ -297,8 +248,7 @@ def info(ctx, store, as_json):
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("ids", nargs=-1, required=True)
-@click.pass_context
-def get(ctx, store, ids):
+def get(store, ids):
     """Print the rows with these IDS as JSON lines.
 
     \b
@@ -313,8 +263,7 @@ def get(ctx, store, ids):
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("ids", nargs=-1, required=True)
-@click.pass_context
-def delete(ctx, store, ids):
+def delete(store, ids):
     """Delete the rows with these IDS (all or none: an unknown id deletes nothing).
 
     \b
@@ -350,8 +299,7 @@ def retrain(store):
 @click.argument("out", type=click.File("w"))
 @click.option("--vectors", "with_vectors", is_flag=True,
               help="add each vector: the FP32 original if kept (rescore), else decoded from its codes")
-@click.pass_context
-def export(ctx, store, out, with_vectors):
+def export(store, out, with_vectors):
     """Write every row of STORE as JSONL (id, text and metadata fields).
 
     \b
@@ -440,7 +388,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
             xb, xq = read_vectors(vectors), None
     else:
         _must_exist(ctx, corpus, "--corpus")
-        rows = list(_records(corpus, "text", "id", None))
+        rows = list(read_records(corpus, "text", "id", None))
         doc_ids = [r[0] for r in rows]
         xb = embed([r[1] for r in rows], "documents")
     relevant = None
@@ -449,7 +397,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         if queries.lower().endswith(VECTOR_SUFFIXES):
             xq, gt = read_vectors(queries), None
         else:
-            qrows = list(_records(queries, "text", "id", "relevant"))
+            qrows = list(read_records(queries, "text", "id", "relevant"))
             xq, gt = embed([r[1] for r in qrows], "queries"), None
             relevant = _relevant_rows(queries, qrows, doc_ids if doc_ids is not None else len(xb))
     if xq is None:
@@ -504,7 +452,7 @@ def _relevant_rows(path: str, qrows, docs) -> list[frozenset[int] | None] | None
         rel = rel if isinstance(rel, list) else [rel]
         unknown = [r for r in rel if str(r) not in row_of]
         if unknown:
-            raise InputLineError(f"{Path(path).name}: query {qid} names relevant id {unknown[0]!r}, "
+            raise InputFileError(f"{Path(path).name}: query {qid} names relevant id {unknown[0]!r}, "
                                  "which is not in the base data")
         out.append(frozenset(row_of[str(r)] for r in rel))
     return out if any(r is not None for r in out) else None

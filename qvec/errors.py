@@ -6,6 +6,7 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     │   ├── DimensionMismatch              vector width differs from the store's
     │   ├── DuplicateId                    add() of an id that exists, or twice in a batch
     │   ├── InvalidFilter                  a where= that cannot be compiled
+    │   ├── InputFileError                 a line of an input file that cannot be read (names file:line)
     │   └── InvalidSpec                    unknown quantization / index / metric string
     ├── SettingsConflict (ValueError)      reopen with settings that differ from the store's
     ├── NotTrained                         train() asked for with too few vectors
@@ -29,6 +30,7 @@ __all__ = [
     "DimensionMismatch",
     "DuplicateId",
     "InvalidFilter",
+    "InputFileError",
     "InvalidSpec",
     "SettingsConflict",
     "NotTrained",
@@ -61,6 +63,10 @@ class DuplicateId(InvalidInput):
 
 class InvalidFilter(InvalidInput):
     """A ``where=`` filter that cannot be compiled."""
+
+
+class InputFileError(InvalidInput):
+    """An input file, or one of its lines, that cannot be read: the message names ``file:line``."""
 
 
 class InvalidSpec(InvalidInput):

@@ -238,17 +238,17 @@ class Store:
         if self.settings is None or not self.settings.needs_training:
             return  # nothing stored, or nothing to learn
         live = self.catalog.all_fids()
-        fresh = VectorIndex.trained_from(self.settings, live, self._full_vectors(live))
+        fresh = VectorIndex.trained_from(self.settings, live, self._full_vectors())
         self.journal.checkpoint(fresh, clear_tombstones=True)
 
-    def _full_vectors(self, fids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def _full_vectors(self) -> Callable[[np.ndarray], np.ndarray]:
         """Where the stored rows' full-precision vectors can be had again."""
         s = self.settings
         if s.rescore:
             return self.journal.originals.read
         if not self.is_trained:
             return self.journal.index.reconstruct  # the waiting vectors are exact
-        missing = sum(t is None for t in self.catalog.texts(fids))
+        missing = self.catalog.count_without_text()
         if missing:
             raise NotTrained(f"{self.path} keeps no originals (rescore=False) and {missing} row(s) have no text to "
                              "embed again: rebuild the store from your vectors, with rescore=True to allow retraining")

@@ -1,0 +1,62 @@
+"""The text inputs ``qvec build`` and ``qvec bench`` read: JSONL, CSV, plain text (one
+document per line) or stdin, as ``(id, text, metadata)`` records, and the JSONL side file
+of ids and metadata beside a vector file. A line that cannot be read is an
+``InputFileError`` naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import InputFileError
+
+__all__ = ["read_records", "read_jsonl"]
+
+
+def read_records(path: str, text_field: str, id_field: str, metadata_fields: str | None):
+    """Yield (id, text, metadata) from JSONL, CSV or plain text (one document per line)."""
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    name = "stdin" if path == "-" else Path(path).name
+    suffix = "" if path == "-" else Path(path).suffix.lower()
+    with stream:
+        if suffix == ".csv":
+            rows = ((i + 2, r) for i, r in enumerate(csv.DictReader(stream)))
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            rows = read_jsonl(stream, name)
+        else:
+            rows = ((i + 1, {text_field: line.rstrip("\n")}) for i, line in enumerate(stream))
+        for lineno, row in rows:
+            text = row.get(text_field)
+            if not isinstance(text, str) or not text.strip():
+                if suffix in ("", ".txt"):
+                    continue  # blank lines in plain text are separators, not documents
+                raise InputFileError(f"{name}:{lineno}: no text in field {text_field!r}; use --text-field")
+            rid = row.get(id_field)
+            rid = f"{name}:{lineno}" if rid in (None, "") else str(rid)
+            if metadata_fields == "all":
+                meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
+            elif metadata_fields:
+                meta = {k: row[k] for k in metadata_fields.split(",") if k in row}
+            else:
+                meta = {}
+            yield rid, text, meta
+
+
+def read_jsonl(stream, name: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL stream."""
+    for i, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputFileError(f"{name}:{i}: not valid JSON ({e.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise InputFileError(f"{name}:{i}: expected a JSON object per line")
+        yield i, row
+
+
