@@ -7,6 +7,7 @@
 """
 
 from .errors import (
+    CheckpointDeferred,
     CorruptStore,
     DimensionMismatch,
     DuplicateId,
@@ -21,6 +22,9 @@ from .errors import (
     QvecError,
     ReadOnlyStore,
     SettingsConflict,
+    StorageError,
+    StorageFull,
+    StoreClosed,
     StoreLocked,
     StoreNotFound,
     TextTruncated,
@@ -50,7 +54,11 @@ __all__ = [
     "CorruptStore",
     "IncompatibleStore",
     "EmbedderError",
+    "StorageError",
+    "StorageFull",
+    "StoreClosed",
     "StoreLocked",
     "ReadOnlyStore",
     "TextTruncated",
+    "CheckpointDeferred",
 ]

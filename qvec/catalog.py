@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,8 @@ import numpy as np
 import sqlite_utils
 
 from .errors import CorruptStore, DuplicateId, IdNotFound, IncompatibleStore, StoreLocked, StoreNotFound
-from .filters import compile_where, index_entries
+from .filters import evaluate, index_entries
+from .inputs import id_list
 
 __all__ = ["Catalog", "FORMAT_VERSION"]
 
@@ -124,7 +126,7 @@ class Catalog:
         with self.transaction():
             for stmt in filter(str.strip, _SCHEMA.split(";")):  # executescript() would COMMIT
                 self.conn.execute(stmt)
-            self.put_state({"format_version": FORMAT_VERSION, "next_fid": 0})
+            self.put_state({"format_version": FORMAT_VERSION, "next_fid": 0, "store_id": uuid.uuid4().hex})
 
     def migrate(self) -> None:
         """Format 1 → 2, in one transaction: tables renamed to say what they hold."""
@@ -133,7 +135,7 @@ class Catalog:
                 self.conn.execute("ALTER TABLE settings RENAME TO state")
                 self.conn.execute("ALTER TABLE wal RENAME TO vector_log")
                 self.conn.execute("UPDATE state SET key = 'config' WHERE key = 'settings'")
-                self.put_state({"format_version": 2})
+                self.put_state({"format_version": 2, "store_id": uuid.uuid4().hex})
 
     # -- transactions and snapshots ----------------------------------------------------
     @contextmanager
@@ -177,7 +179,13 @@ class Catalog:
         self.conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
                               ((k, json.dumps(v)) for k, v in values.items()))
 
+    def delete_state(self, keys: list[str]) -> None:
+        self.conn.executemany("DELETE FROM state WHERE key = ?", ((k,) for k in keys))
+
     # -- rows
+    def max_fid(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(fid), -1) FROM items").fetchone()[0]
+
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
 
@@ -213,8 +221,8 @@ class Catalog:
     @staticmethod
     def lookup(ids, fetch) -> list:
         """(id, fetch(ids)[id]) for a str or a list of ids, in the order given, repeats kept;
-        ``IdNotFound`` if any is missing."""
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        ``InvalidInput`` for anything but strings, ``IdNotFound`` if any is missing."""
+        ids = id_list(ids)
         found = fetch(ids)
         missing = [i for i in ids if i not in found]
         if missing:
@@ -248,8 +256,11 @@ class Catalog:
         return [found.get(int(f)) for f in fids]
 
     def where_fids(self, where: dict) -> np.ndarray:
-        """Sorted unique fids matching ``where`` (a list field can match one fid twice)."""
-        sql, params = compile_where(where)
+        """Sorted unique fids matching ``where``."""
+        return evaluate(where, self._select_fids)
+
+    def _select_fids(self, sql: str, params: list) -> np.ndarray:
+        """A SELECT's fids, sorted and unique (a list field can match one fid twice)."""
         # One string for all fids: 10K rows come back ~5x faster than row by row.
         (text,) = self.conn.execute(f"SELECT group_concat(fid) FROM ({sql})", params).fetchone()
         if not text:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -84,6 +85,10 @@ def build(store, inputs, quantization, index, model, model_precision, text_field
       qvec build docs.qvec corpus.jsonl --quantization int8 --metadata-fields lang,year
     """
     t0 = time.perf_counter()
+    for path in inputs:
+        if path != "-" and not Path(path).is_file():
+            raise InputFileError(f"{path}: no such file")
+    created = not Path(store).exists()
     s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
                    model_precision=model_precision)
     added = skipped = 0
@@ -95,8 +100,13 @@ def build(store, inputs, quantization, index, model, model_precision, text_field
                 a, k = _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
             added, skipped = added + a, skipped + k
         st = s.stats().to_dict()
-    finally:
+    except BaseException:
+        empty = len(s) == 0
         s.close()
+        if created and empty:  # a failed first build leaves no empty store behind
+            shutil.rmtree(store, ignore_errors=True)
+        raise
+    s.close()
     bpv = st.get("bytes_per_vector")
     if bpv:
         mem = f"{bpv:.1f} bytes/vector in RAM, {st['compression']:.1f}x smaller than FP32"

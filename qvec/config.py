@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidInput, InvalidSpec
+from .errors import InvalidInput, InvalidSpec, SettingsConflict
 
 __all__ = ["Codes", "FloatCodes", "SQ", "PQ", "Binary", "IndexConfig", "Flat", "IVF", "HNSW", "Settings",
            "SearchParams", "Requested", "parse_codes", "parse_index", "QUANTIZATIONS", "INDEXES", "METRICS",
@@ -278,9 +278,7 @@ class Settings:
         _check_range("dim", self.dim, 1, 1 << 16)
         check_choices(metric=self.metric, range_stat=self.range_stat, rescore=self.rescore)
         self.codes.check_dim(self.dim)
-        if isinstance(self.codes, Binary) and not isinstance(self.index, Flat):
-            raise InvalidSpec(f"binary quantization supports index='flat' only, got {self.index}: FAISS's binary "
-                              "IVF/HNSW indexes cannot apply filters; use binary with flat, or pq/int4 with ivf/hnsw")
+        check_pair(self.codes, self.index)
 
     @property
     def quantization(self) -> Codes:
@@ -303,6 +301,14 @@ class Settings:
     def binary(self) -> bool:
         return isinstance(self.codes, Binary)
 
+    def check_embedding_precision(self, precision: str, path) -> None:
+        """``SettingsConflict`` unless texts embedded at ``precision`` may join this store's."""
+        if precision != self.model_precision:
+            raise SettingsConflict(
+                f"{path}'s texts were embedded at model_precision={self.model_precision!r}, this Store embeds at "
+                f"{precision!r}: mixing them in one index loses recall; reopen with "
+                f"model_precision={self.model_precision!r} to add texts (other precisions may search)")
+
     def factory(self) -> str:
         """The FAISS index_factory string (binary stores use IndexBinaryFlat instead)."""
         return self.index.factory(self.codes)
@@ -319,6 +325,12 @@ class Settings:
         d["codes"] = parse_codes(d.pop("quantization"))
         d["index"] = parse_index(d["index"])
         return cls(**d)
+
+
+def check_pair(codes: Codes, index: IndexConfig) -> None:
+    if isinstance(codes, Binary) and not isinstance(index, Flat):
+        raise InvalidSpec(f"binary quantization supports index='flat' only, got {index}: FAISS's binary "
+                          "IVF/HNSW indexes cannot apply filters; use binary with flat, or pq/int4 with ivf/hnsw")
 
 
 def check_choices(*, metric: Any = "cosine", range_stat: Any = "minmax", rescore: Any = False) -> None:
@@ -346,6 +358,7 @@ class Requested:
                  "rescore": rescore, "dim": dim, "range_stat": range_stat}
         req = cls({k: v for k, v in given.items() if v is not None})
         check_choices(**{k: req.given[k] for k in ("metric", "range_stat", "rescore") if k in req.given})
+        check_pair(parse_codes(req.given.get("quantization", "int8")), parse_index(req.given.get("index", "flat")))
         if dim is not None:
             req.settings(dim, "fp32")  # the dimension-dependent checks too
         return req

@@ -13,12 +13,16 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     ├── IdNotFound (KeyError)              get/delete of ids that are not stored
     ├── StoreNotFound (FileNotFoundError)  opening a path that is not a store (create=False)
     ├── CorruptStore                       a store file fails its checks
+    ├── StorageError                       a store file cannot be read or written
+    │   └── StorageFull                    no space left (or the file-size limit reached)
+    ├── StoreClosed                        a call on a Store after close()
     ├── IncompatibleStore                  a store written by a newer format version
     ├── EmbedderError                      the embedding model cannot load or run
     ├── StoreLocked                        another process has the store open for writing
     └── ReadOnlyStore                      a write to a store opened read_only=True
 
-A warning, not an error: ``TextTruncated`` (a ``UserWarning``) when a text is longer than the
+Warnings, not errors: ``CheckpointDeferred`` when a write is committed but saving the index
+after it failed (the rows are safe in the log), and ``TextTruncated`` (a ``UserWarning``) when a text is longer than the
 model's window and only its beginning is embedded.
 """
 
@@ -37,11 +41,15 @@ __all__ = [
     "IdNotFound",
     "StoreNotFound",
     "CorruptStore",
+    "StorageError",
+    "StorageFull",
+    "StoreClosed",
     "IncompatibleStore",
     "EmbedderError",
     "StoreLocked",
     "ReadOnlyStore",
     "TextTruncated",
+    "CheckpointDeferred",
 ]
 
 
@@ -96,6 +104,18 @@ class CorruptStore(QvecError):
     """A store file is damaged: it fails its size, checksum or format checks."""
 
 
+class StorageError(QvecError):
+    """A store file cannot be read or written (an I/O error of the disk or file system)."""
+
+
+class StorageFull(StorageError):
+    """No space left on the device, or the process's file-size limit reached."""
+
+
+class StoreClosed(QvecError):
+    """A call on a Store after ``close()``."""
+
+
 class IncompatibleStore(QvecError):
     """The store was written by a newer qvec format version."""
 
@@ -114,3 +134,8 @@ class ReadOnlyStore(QvecError):
 
 class TextTruncated(UserWarning):
     """Texts longer than the model's token window: only their first tokens were embedded."""
+
+
+class CheckpointDeferred(UserWarning):
+    """A write was committed, but training or saving the index after it failed (e.g. a full
+    disk): the rows are safe in the log, and the store tries again later."""

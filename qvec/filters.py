@@ -1,6 +1,6 @@
-"""``where=`` filters: compiled to parameterised SQL over the catalog's ``meta_kv`` table,
-and evaluated in plain Python (``matches``) with the same meaning, for tests to check
-the SQL against.
+"""``where=`` filters: each leaf compiled to a parameterised SELECT over the catalog's
+``meta_kv`` table and the tree evaluated as set algebra (``evaluate``), and the same
+meaning in plain Python (``matches``), for tests to check the SQL against.
 
 A row's metadata is indexed as (key, type, value) entries (``index_entries``): each scalar
 value once, each scalar element of a list once, nested dicts under dotted keys. A filter
@@ -10,21 +10,26 @@ matches a row when:
 - ``$ne`` / ``$nin``: no entry of ``f`` equals v / any of the values (rows without ``f`` match);
 - ``$in``: an entry equals one of the values (an empty list matches nothing);
 - ``$gt`` ``$gte`` ``$lt`` ``$lte``: an entry of the value's type (number or string) compares so;
-- ``$and`` / ``$or``: all / any of a non-empty list of filters; several fields: all of them.
+- ``$and`` / ``$or``: all / any of a non-empty list of filters; several fields: all of them;
+  nested at most ``MAX_DEPTH`` (32) levels.
 
 User strings never become SQL: field names and values are bound parameters.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from .errors import InvalidFilter
 
-__all__ = ["compile_where", "matches", "index_entries", "OPERATORS"]
+__all__ = ["evaluate", "leaf_sql", "matches", "index_entries", "OPERATORS", "MAX_DEPTH"]
 
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$and", "$or")
 _CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
@@ -90,6 +95,8 @@ def _scalar(field: str, op: str, value: Any) -> tuple[str, Any]:
         raise InvalidFilter(f"{op} on {field!r} needs a string, number, boolean or null, got {type(value).__name__}")
     if t[0] == "n" and isinstance(value, float) and not math.isfinite(value):
         raise InvalidFilter(f"{op} on {field!r} needs a finite number, got {value}")
+    if t[0] == "n" and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        raise InvalidFilter(f"{op} on {field!r}: {value} is outside the 64-bit integers metadata can hold")
     return t
 
 
@@ -110,67 +117,82 @@ def _operand(field: str, op: str, value: Any):
 
 
 # -- SQL -----------------------------------------------------------------------------------------
-# A filter compiles to a SELECT of matching fids built from set operations over index
-# range scans of meta_kv (INTERSECT for $and, UNION for $or, EXCEPT for $ne/$nin), so a
-# filter matching 10% of rows reads those rows' index entries, not the whole table.
-_ALL = "SELECT fid FROM items"
+# Each leaf (one field and operator) is one parameterised SELECT over the meta_kv index; the
+# tree above the leaves is set algebra on sorted fid arrays ($and: intersection, $or: union,
+# $ne/$nin: the complement of the positive leaf). Leaves thus have no size limit ($in binds
+# its values as one JSON array), and nesting is bounded by MAX_DEPTH rather than by SQLite's
+# expression depth (1,000), compound SELECT (500 terms) or parser stack.
+MAX_DEPTH = 32
+ALL_FIDS = "SELECT fid FROM items"
+_INT64 = (-(2**63), 2**63 - 1)
 
 
-def compile_where(where: dict) -> tuple[str, list]:
-    """A SELECT of the fids matching ``where``, with its parameters."""
-    parts = [_compile_clause(field, op, operand) for field, op, operand in _clauses(where)]
-    if not parts:
-        return _ALL, []
-    return _combine(parts, "INTERSECT")
-
-
-def _compile_clause(field: str, op: str, operand) -> tuple[str, list]:
-    if op in ("$and", "$or"):
-        return _combine([compile_where(c) for c in operand], "INTERSECT" if op == "$and" else "UNION")
+def leaf_sql(field: str, op: str, operand) -> tuple[str, list]:
+    """The SELECT of fids whose entries of ``field`` satisfy a leaf, with its parameters; for
+    $ne and $nin the positive form ($eq, $in): the caller takes the complement."""
     if op in ("$eq", "$ne"):
-        part = _member(field, [operand])
-        return part if op == "$eq" else _negate(part)
+        t, v = operand
+        return "SELECT fid FROM meta_kv WHERE key = ? AND type = ? AND value IS ?", [field, t, v]
     if op in ("$in", "$nin"):
-        if not operand:
-            return (f"{_ALL} WHERE 0" if op == "$in" else _ALL), []
-        part = _member(field, operand)
-        return part if op == "$in" else _negate(part)
+        pairs = [[t, v] for t, v in operand if t != "z"]
+        sql = ("SELECT fid FROM meta_kv WHERE key = ? AND (type, value) IN "
+               "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))")
+        params: list = [field, json.dumps(pairs)]
+        if len(pairs) < len(operand):  # null matches by IS, which IN cannot do
+            sql += " UNION SELECT fid FROM meta_kv WHERE key = ? AND type = 'z'"
+            params.append(field)
+        return sql, params
     t, v = operand
     return f"SELECT fid FROM meta_kv WHERE key = ? AND type = ? AND value {_CMP[op]} ?", [field, t, v]
 
 
-def _combine(parts: list[tuple[str, list]], op: str) -> tuple[str, list]:
-    if len(parts) == 1:
-        return parts[0]
-    sql = f" {op} ".join(f"SELECT fid FROM ({p})" for p, _ in parts)
-    return sql, [x for _, params in parts for x in params]
+def evaluate(where: dict, run: Callable[[str, list], np.ndarray]) -> np.ndarray:
+    """Sorted unique fids matching ``where``; ``run(sql, params)`` returns a SELECT's fids,
+    sorted and unique."""
+    everything: list[np.ndarray] = []
 
+    def all_fids() -> np.ndarray:
+        if not everything:
+            everything.append(run(ALL_FIDS, []))
+        return everything[0]
 
-def _member(field: str, pairs: list[tuple[str, Any]]) -> tuple[str, list]:
-    cond = " OR ".join("(type = ? AND value IS ?)" for _ in pairs)
-    params: list = [field]
-    for t, v in pairs:
-        params += [t, v]
-    return f"SELECT fid FROM meta_kv WHERE key = ? AND ({cond})", params
+    def walk(where: dict, depth: int) -> np.ndarray:
+        if depth > MAX_DEPTH:
+            raise InvalidFilter(f"filter nested more than {MAX_DEPTH} levels deep: flatten it "
+                                "($and/$or take lists; $in takes any number of values)")
+        result = None
+        for field, op, operand in _clauses(where):
+            if op == "$and":
+                fids = functools.reduce(np.intersect1d, (walk(c, depth + 1) for c in operand))
+            elif op == "$or":
+                fids = np.unique(np.concatenate([walk(c, depth + 1) for c in operand]))
+            elif op in ("$in", "$nin") and not operand:
+                fids = np.zeros(0, np.int64)
+            else:
+                fids = run(*leaf_sql(field, op, operand))
+            if op in ("$ne", "$nin"):
+                fids = np.setdiff1d(all_fids(), fids, assume_unique=True)
+            result = fids if result is None else np.intersect1d(result, fids, assume_unique=True)
+        return all_fids() if result is None else result
 
-
-def _negate(part: tuple[str, list]) -> tuple[str, list]:
-    return f"{_ALL} EXCEPT SELECT fid FROM ({part[0]})", part[1]
+    return walk(where, 0)
 
 
 # -- plain Python --------------------------------------------------------------------------------
 def matches(where: dict, metadata: dict) -> bool:
     """Whether a row with ``metadata`` passes ``where``: the SQL's meaning, row by row."""
     entries = {(k, t, v) for k, t, v in index_entries(metadata)}
-    return _matches(where, entries)
+    return _matches(where, entries, 0)
 
 
-def _matches(where: dict, entries: set) -> bool:
+def _matches(where: dict, entries: set, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        raise InvalidFilter(f"filter nested more than {MAX_DEPTH} levels deep")
     for field, op, operand in _clauses(where):
         if op == "$and":
-            ok = all(_matches(c, entries) for c in operand)
+            ok = all(_matches(c, entries, depth + 1) for c in operand)
         elif op == "$or":
-            ok = any(_matches(c, entries) for c in operand)
+            ok = any(_matches(c, entries, depth + 1) for c in operand)
         elif op in ("$eq", "$ne"):
             ok = (field, *operand) in entries
             ok = ok if op == "$eq" else not ok

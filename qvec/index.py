@@ -418,15 +418,23 @@ class VectorIndex:
         decoded = outer.sa_decode(np.ascontiguousarray(np.vstack(found_codes)))
         return decoded[pos]
 
-    def fids(self) -> np.ndarray:
-        """Every fid the index holds, tombstones included."""
-        outer = faiss.downcast_index(self.index)
+    def _id_views(self) -> list[np.ndarray]:
+        """Views (no copies) of FAISS's own arrays of the fids this index holds."""
+        outer = self.index if self.binary else faiss.downcast_index(self.index)
         if isinstance(outer, (faiss.IndexIDMap, faiss.IndexBinaryIDMap)):
-            return faiss.vector_to_array(outer.id_map)
+            return [faiss.rev_swig_ptr(outer.id_map.data(), outer.ntotal)] if outer.ntotal else []
         lists = faiss.extract_index_ivf(outer).invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                 for i in range(lists.nlist) if lists.list_size(i)]
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i))
+                for i in range(lists.nlist) if lists.list_size(i)]
+
+    def fids(self) -> np.ndarray:
+        """Every fid the index holds, tombstones included, sorted."""
+        views = self._id_views()
+        return np.sort(np.concatenate(views)) if views else np.zeros(0, np.int64)
+
+    def max_fid(self) -> int:
+        """The largest fid held (-1 when empty), without copying the ids."""
+        return max((int(v.max()) for v in self._id_views()), default=-1)
 
     # -- persistence ------------------------------------------------------------------
     def serialize(self) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,16 +13,21 @@ import numpy as np
 from .errors import DimensionMismatch, DuplicateId, InvalidInput
 
 __all__ = ["check_batch", "as_matrix", "check_texts", "check_ids", "dump_metadatas", "check_k", "check_include",
-           "check_lock_timeout", "normalised", "INCLUDE"]
+           "check_lock_timeout", "check_string", "id_list", "normalised", "INCLUDE"]
 
 INCLUDE = ("text", "metadata")
 
 
 def as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
-    """A C-contiguous float32 (n, dim) array of finite numbers."""
+    """A C-contiguous float32 (n, dim) array of finite real numbers."""
     try:
-        x = np.asarray(vectors, dtype=np.float32)
+        raw = np.asarray(vectors)
+        if raw.dtype.kind == "c":
+            raise InvalidInput(f"{what} are complex numbers: pass real vectors (the imaginary part would be dropped)")
+        x = raw.astype(np.float32)
     except (TypeError, ValueError) as e:
+        if isinstance(e, InvalidInput):
+            raise
         raise InvalidInput(f"{what} must be numbers, shape (n, dim): {e}") from None
     if x.ndim == 1:
         x = x[None, :]
@@ -31,8 +37,18 @@ def as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarra
         raise DimensionMismatch(f"store holds {dim}-dim vectors, got {x.shape[1]}: embed with the store's model")
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise InvalidInput(f"{what} row {bad} contains NaN or inf: clean or drop it")
+        raise InvalidInput(f"{what} row {bad} contains NaN or inf (or a value beyond float32): clean or drop it")
     return np.ascontiguousarray(x)
+
+
+def check_string(s: str, what: str) -> str:
+    """A string SQLite can store as UTF-8: no lone surrogates (half of a UTF-16 pair)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInput(f"{what} holds a lone surrogate {s[e.start]!r} at position {e.start}: not valid Unicode; "
+                           "decode your input with errors='replace', or fix it") from None
+    return s
 
 
 def normalised(x: np.ndarray, metric: str) -> np.ndarray:
@@ -64,6 +80,7 @@ def check_texts(texts: Any) -> list[str]:
         if not isinstance(t, str) or not t.strip():
             raise InvalidInput(f"text {i} is {'empty' if isinstance(t, str) else type(t).__name__}: "
                                "pass non-empty strings")
+        check_string(t, f"text {i}")
     return texts
 
 
@@ -71,16 +88,33 @@ def check_ids(ids: Any, n: int) -> list[str]:
     """One unique non-empty string per row; new random ids when None."""
     if ids is None:
         return [uuid.uuid4().hex for _ in range(n)]
-    ids = [ids] if isinstance(ids, str) else list(ids)
+    ids = [ids] if isinstance(ids, str) else id_list(ids)
     if len(ids) != n:
         raise InvalidInput(f"got {len(ids)} ids for {n} rows: pass one id per row")
     for i in ids:
-        if not isinstance(i, str) or not i:
-            raise InvalidInput(f"ids must be non-empty strings, got {i!r}")
+        if not i:
+            raise InvalidInput("ids must be non-empty strings, got ''")
+        if "\0" in i:
+            raise InvalidInput(f"id {i!r} contains a NUL character: SQLite's JSON functions end strings there, so "
+                               "the row could never be fetched or deleted; remove it")
+        check_string(i, f"id {i!r}")
     if len(set(ids)) != n:
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise DuplicateId(f"id {dup!r} appears twice in one batch: ids must be unique")
+    return ids
+
+
+def id_list(ids: Any) -> list[str]:
+    """The ids of get/delete/vectors: a string, or any iterable of strings (not bytes)."""
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, (bytes, bytearray, dict)) or not isinstance(ids, Iterable):
+        raise InvalidInput(f"ids must be a string or a list of strings, got {type(ids).__name__}")
+    ids = list(ids)
+    for i in ids:
+        if not isinstance(i, str):
+            raise InvalidInput(f"ids must be non-empty strings, got {i!r} ({type(i).__name__})")
     return ids
 
 
@@ -94,15 +128,39 @@ def dump_metadatas(metadata: Any, n: int) -> list[str | None]:
     return [_dump(m) for m in metadata]
 
 
+MAX_METADATA_DEPTH = 32  # nesting levels of dicts and lists in one row's metadata
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def _dump(meta: Any) -> str:
     if not isinstance(meta, dict):
         raise InvalidInput(f"metadata must be a dict per vector, got {type(meta).__name__}")
-    if not all(isinstance(k, str) for k in meta):
-        raise InvalidInput("metadata keys must be strings")
+    _check_value(meta, "metadata", 0)
     try:
         return json.dumps(meta, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"metadata must be JSON-serialisable: {e}") from None
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    """What JSON would turn silently into something else, or SQLite cannot hold: non-string
+    keys (``{1: "x", "1": "y"}`` would keep one), integers beyond 64 bits, lone surrogates,
+    nesting past MAX_METADATA_DEPTH."""
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep: flatten it")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInput(f"metadata keys must be strings, got {k!r} in {where}")
+            check_string(k, f"a key of {where}")
+            _check_value(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_value(v, where, depth + 1)
+    elif isinstance(value, str):
+        check_string(value, where)
+    elif isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        raise InvalidInput(f"{where} = {value} is outside the 64-bit integers SQLite holds: store it as a string")
 
 
 def check_k(k: Any) -> int:

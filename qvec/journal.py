@@ -25,7 +25,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .config import Settings
-from .errors import CorruptStore, StoreLocked, StoreNotFound
+from .errors import CorruptStore, InvalidInput, QvecError, StoreLocked, StoreNotFound
 from .index import ExactBuffer, VectorIndex, empty_index
 from .originals import Originals
 
@@ -71,8 +71,12 @@ class WriterLock:
             self._file = None
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest(state: dict, data: bytes) -> str:
+    """The index file's SHA-256, bound to its store: prefixed with the store's id (format-1
+    stores, which have none, checked the plain SHA-256)."""
+    h = hashlib.sha256(state.get("store_id", "").encode() if "index_digest" in state else b"")
+    h.update(data)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -109,6 +113,11 @@ class Journal:
             if path.exists() and any(path.iterdir()):
                 raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
             path.mkdir(parents=True, exist_ok=True)
+        db = path / DB_FILE
+        others = any(path.glob("index-*.faiss")) or (path / ORIGINALS_FILE).exists()
+        if db.exists() and db.stat().st_size == 0 and others:
+            raise CorruptStore(f"{db} is empty, but {path} holds an index: the database was truncated; restore it "
+                               "from a backup")
         lock = None if read_only else WriterLock(path, lock_timeout)
         journal = None
         try:
@@ -139,6 +148,15 @@ class Journal:
     @property
     def originals(self) -> Originals:
         return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+
+    def stored_vectors(self, fids: np.ndarray) -> np.ndarray:
+        """The vectors of fids as stored: the FP32 originals when kept (rescore=True), the exact
+        vectors while untrained, else decoded from the codes (lossy; binary codes cannot be)."""
+        if self.settings.rescore:
+            return self.originals.read(fids)
+        if not self.index.decodable:
+            raise InvalidInput("binary codes cannot be decoded to vectors: keep originals with rescore=True")
+        return self.index.reconstruct(fids).astype(np.float32, copy=False)
 
     def index_file_bytes(self) -> int:
         name = self.state.get("index_file")
@@ -171,7 +189,11 @@ class Journal:
     def _load_state(self) -> None:
         state = self.catalog.state()
         self.state, self.index, self.log_rows = state, None, 0
-        self.settings = Settings.from_json(state["config"]) if "config" in state else None
+        try:
+            self.settings = Settings.from_json(state["config"]) if "config" in state else None
+        except (QvecError, TypeError, KeyError, ValueError, AttributeError) as e:
+            raise CorruptStore(f"{self.path}: the stored settings are not valid ({e}): the database was edited or "
+                               "damaged; restore it from a backup") from None
         if self.settings is None:
             return
         name = state.get("index_file")
@@ -182,23 +204,37 @@ class Journal:
                 if stray.name != name:  # written by a checkpoint that never committed
                     stray.unlink()
         self.log_rows = self._replay(index, state.get("checkpoint_seq", 0))
+        top = self.catalog.max_fid()
+        if not isinstance(state.get("next_fid"), int) or top >= state["next_fid"]:
+            raise CorruptStore(f"{self.path}: the id counter ({state.get('next_fid')!r}) is not past the stored rows "
+                               f"(up to {top}): the database was edited or damaged; restore it from a backup")
         self.index = index
 
     def _read_index_file(self, settings: Settings, state: dict) -> VectorIndex:
+        """The saved index, checked before FAISS parses a byte (size and a digest bound to this
+        store), and after (the count and the fid range the checkpoint recorded)."""
         file = self.path / state["index_file"]
         try:
             data = file.read_bytes()
         except FileNotFoundError:
             raise IndexFileGone(f"index file {file} is missing: restore it from a backup") from None
-        if len(data) != state["index_size"] or _sha256(data) != state["index_sha256"]:
+        if len(data) != state["index_size"] or _digest(state, data) != state.get("index_digest",
+                                                                                state.get("index_sha256")):
             raise CorruptStore(f"index file {file} fails its checksum ({len(data)} bytes, expected "
-                               f"{state['index_size']}): it was truncated or modified; restore it from a backup")
+                               f"{state['index_size']}): it was truncated or modified, or belongs to another "
+                               "store; restore it from a backup")
         threshold = state.get("binary_threshold")
         threshold = None if threshold is None else np.asarray(threshold, dtype=np.float32)
         try:
-            return VectorIndex.deserialize(settings, data, threshold)
+            index = VectorIndex.deserialize(settings, data, threshold)
         except ValueError as e:
             raise CorruptStore(f"index file {file} cannot be read: {e}; restore it from a backup") from None
+        if index.ntotal != state.get("index_ntotal", index.ntotal) or index.max_fid() > state.get(
+                "index_max_fid", state["next_fid"] - 1):
+            raise CorruptStore(f"index file {file} holds {index.ntotal} vectors up to id {index.max_fid()}, the "
+                               f"store saved {state.get('index_ntotal')} up to {state.get('index_max_fid')}: it "
+                               "belongs to another store; restore this store's file from a backup")
+        return index
 
     def _replay(self, index, after: int) -> int:
         """Apply the logged adds and deletes made since the saved index was written."""
@@ -212,14 +248,18 @@ class Journal:
                 fids.clear()
                 vecs.clear()
 
-        for _, op, fid, blob in self.catalog.log_entries(after):
+        dim = index.settings.dim
+        for seq, op, fid, blob in self.catalog.log_entries(after):
             n += 1
-            if op == "add":
+            if op == "add" and isinstance(blob, bytes) and len(blob) == 4 * dim:
                 fids.append(fid)
                 vecs.append(np.frombuffer(blob, dtype=np.float32))
-            else:
+            elif op == "del":
                 flush()
                 index.remove([fid])
+            else:  # never guess: an unknown entry replayed as something else would change data
+                raise CorruptStore(f"{self.path}: vector log entry {seq} ({op!r}, {len(blob or b'')} bytes) is not "
+                                   "an add or a delete of this store's vectors: restore the store from a backup")
         flush()
         return n
 
@@ -306,18 +346,25 @@ class Journal:
         data = index.serialize()
         name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
         tmp = self.path / (name + ".tmp")
-        with builtins.open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / name)
-        _fsync_dir(self.path)
-        values = {"index_file": name, "index_size": len(data), "index_sha256": _sha256(data),
-                  "checkpoint_seq": seq}
+        try:
+            with builtins.open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / name)
+            _fsync_dir(self.path)
+        except BaseException:  # a full disk: no half-written file stays behind
+            for leftover in (tmp, self.path / name):
+                leftover.unlink(missing_ok=True)
+            raise
+        values = {"index_file": name, "index_size": len(data), "checkpoint_seq": seq, "index_ntotal": index.ntotal,
+                  "index_max_fid": index.max_fid(), "index_digest": None}
+        values["index_digest"] = _digest(self.state | values, data)
         if index.threshold is not None:
             values["binary_threshold"] = index.threshold.tolist()
         with self.catalog.transaction():
             self.catalog.put_state(values)
+            self.catalog.delete_state(["index_sha256"])  # format 1's unbound checksum
             self.catalog.truncate_log(seq)
             if clear_tombstones:
                 self.catalog.clear_tombstones()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from contextlib import contextmanager
 
-__all__ = ["ReadWriteLock", "reads", "writes"]
+__all__ = ["ReadWriteLock"]
 
 
 class ReadWriteLock:
@@ -56,20 +55,3 @@ class ReadWriteLock:
                 if not self._depth:
                     self._writer = None
                 self._cond.notify_all()
-
-
-def _holding(mode: str):
-    """A method decorator: the call runs holding ``self._rw`` in ``mode``."""
-
-    def decorator(method):
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            with getattr(self._rw, mode)():
-                return method(self, *args, **kwargs)
-
-        return wrapper
-
-    return decorator
-
-
-reads, writes = _holding("shared"), _holding("exclusive")

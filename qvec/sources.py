@@ -19,10 +19,10 @@ __all__ = ["read_records", "read_jsonl"]
 
 def read_records(path: str, text_field: str, id_field: str, metadata_fields: str | None):
     """Yield (id, text, metadata) from JSONL, CSV or plain text (one document per line)."""
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     name = "stdin" if path == "-" else Path(path).name
     suffix = "" if path == "-" else Path(path).suffix.lower()
-    with stream:
+    with sys.stdin.buffer if path == "-" else open(path, "rb") as raw:  # noqa: SIM115
+        stream = _utf8_lines(raw, name)
         if suffix == ".csv":
             rows = ((i + 2, r) for i, r in enumerate(csv.DictReader(stream)))
         elif suffix in (".jsonl", ".ndjson", ".json"):
@@ -44,6 +44,18 @@ def read_records(path: str, text_field: str, id_field: str, metadata_fields: str
             else:
                 meta = {}
             yield rid, text, meta
+
+
+def _utf8_lines(raw, name: str) -> Iterator[str]:
+    """Lines of a binary stream decoded as UTF-8 one by one, so that a bad byte is named by
+    its line (a leading byte-order mark is dropped)."""
+    for i, line in enumerate(raw, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputFileError(f"{name}:{i}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}): "
+                                 "re-encode the file as UTF-8") from None
+        yield text.lstrip("\ufeff") if i == 1 else text
 
 
 def read_jsonl(stream, name: str) -> Iterator[tuple[int, dict]]:

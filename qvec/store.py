@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,11 +21,20 @@ from . import inputs, pipeline
 from .catalog import FORMAT_VERSION
 from .config import Requested, SearchParams
 from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, check_model_precision
-from .errors import DimensionMismatch, InvalidInput, NotTrained, ReadOnlyStore, SettingsConflict
+from .errors import (
+    CheckpointDeferred,
+    DimensionMismatch,
+    InvalidInput,
+    NotTrained,
+    ReadOnlyStore,
+    SettingsConflict,
+    StorageError,
+)
+from .guard import holding, reads, storage_errors, writes
 from .index import VectorIndex, exact_search, rescore
 from .journal import Journal
 from .records import Hit, Item, Stats
-from .rwlock import ReadWriteLock, reads, writes
+from .rwlock import ReadWriteLock
 
 __all__ = ["open", "Store", "Hit", "Item", "Stats", "FORMAT_VERSION"]
 
@@ -71,7 +81,8 @@ class Store:
         self._requested, self._embedder, self._session_precision = requested, embedder, model_precision
         self._rw = ReadWriteLock()  # searches in parallel; writes one at a time, alone
         self._closed = False
-        self.journal = Journal.open(path, create=create, read_only=read_only, lock_timeout=lock_timeout)
+        with storage_errors(path):
+            self.journal = Journal.open(path, create=create, read_only=read_only, lock_timeout=lock_timeout)
         self.catalog = self.journal.catalog
         diffs = requested.conflicts(self.settings) if self.settings else []
         if diffs:
@@ -125,6 +136,8 @@ class Store:
 
     def __repr__(self) -> str:
         s = self.settings
+        if self._closed:
+            return f"<qvec.Store {str(self.path)!r} closed>"
         return f"<qvec.Store {str(self.path)!r} {f'{s.codes}/{s.index}' if s else 'empty'} count={len(self)}>"
 
     # -- writes -------------------------------------------------------------------------------
@@ -144,15 +157,12 @@ class Store:
         """Check one batch before any work is spent on it, then embed its texts outside the
         lock (searches go on while the model runs): (texts, vectors, ids, metadata JSON)."""
         self._writable()
-        with self._rw.shared():  # its id check reads SQLite: not in the middle of another thread's write
+        with holding(self, "shared"):  # its id check reads SQLite: not in the middle of another thread's write
             s = self.settings
             texts, x, ids, metas = inputs.check_batch(texts, vectors, ids, metadata,
                                                       s.dim if s else self._requested.given.get("dim"))
-            if texts is not None and s is not None and self.model_precision != s.model_precision:
-                raise SettingsConflict(
-                    f"{self.path}'s texts were embedded at model_precision={s.model_precision!r}, this Store embeds "
-                    f"at {self.model_precision!r}: mixing them in one index loses recall; reopen with "
-                    f"model_precision={s.model_precision!r} to add texts (other precisions may search)")
+            if texts is not None and s is not None:
+                s.check_embedding_precision(self.model_precision, self.path)
             if not upsert:
                 self.catalog.refuse_existing(ids)  # before embedding: a duplicate should not cost the model's time
         return texts, self._embed(texts) if texts is not None else x, ids, metas
@@ -173,7 +183,11 @@ class Store:
             raise DimensionMismatch(f"store holds {s.dim}-dim vectors, got {x.shape[1]}")
         replaced = np.fromiter(existing.values(), dtype=np.int64, count=len(existing))
         self.journal.write(s, texts, inputs.normalised(x, s.metric), ids, metas, replaced)
-        self._maintain()
+        try:
+            self._maintain()
+        except StorageError as e:  # the batch is committed (in the log): saving the index can wait
+            warnings.warn(f"the batch is stored, but training or saving the index failed ({e}); it is tried "
+                          "again after the next write, or by checkpoint()", CheckpointDeferred, stacklevel=3)
         return ids
 
     @writes
@@ -188,12 +202,10 @@ class Store:
 
     def ingest(self, rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int = 256, upsert: bool = False,
                skip_existing: bool = False, on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
-        """Add ``(id, text, metadata)`` rows from any iterable (a file being read, a generator),
-        pipelined: reading the next batch, embedding this one and writing the one before
-        overlap. Each batch is one transaction, as ``add`` would commit it, so a failure keeps
-        the batches before it. ``skip_existing`` skips ids already stored (``upsert`` replaces
-        them; otherwise they are a ``DuplicateId``). ``on_batch(read, added)`` is called after
-        each batch is written. Returns (added, skipped)."""
+        """Add ``(id, text, metadata)`` rows from any iterable, reading, embedding and writing
+        batches at once (``qvec.pipeline``); each batch is one transaction, as ``add`` commits.
+        ``skip_existing`` skips stored ids (``upsert`` replaces them); ``on_batch(read, added)``
+        follows each write. Returns (added, skipped)."""
         self._writable()
         return pipeline.ingest(rows, batch_size=batch_size, on_batch=on_batch,
                                existing=self.existing if skip_existing and not upsert else None,
@@ -244,17 +256,13 @@ class Store:
     def _full_vectors(self) -> Callable[[np.ndarray], np.ndarray]:
         """Where the stored rows' full-precision vectors can be had again."""
         s = self.settings
-        if s.rescore:
-            return self.journal.originals.read
-        if not self.is_trained:
-            return self.journal.index.reconstruct  # the waiting vectors are exact
+        if s.rescore or not self.is_trained:  # the originals, or the exact vectors waiting for training
+            return self.journal.stored_vectors
         missing = self.catalog.count_without_text()
         if missing:
             raise NotTrained(f"{self.path} keeps no originals (rescore=False) and {missing} row(s) have no text to "
                              "embed again: rebuild the store from your vectors, with rescore=True to allow retraining")
-        if self.model_precision != s.model_precision:
-            raise SettingsConflict(f"retraining embeds the stored texts again: reopen with "
-                                   f"model_precision={s.model_precision!r}, as they were embedded")
+        s.check_embedding_precision(self.model_precision, self.path)
         return lambda f: inputs.normalised(self._embed(self.catalog.texts(f)), s.metric)
 
     @writes
@@ -263,8 +271,7 @@ class Store:
         ``compact`` also rebuilds an HNSW graph without its deleted vectors."""
         self._writable()
         if compact and self.is_trained and self.journal.index.tombstones:
-            read = self.journal.originals.read if self.settings.rescore else self.journal.index.reconstruct
-            self.journal.compact(self.catalog.all_fids(), read)
+            self.journal.compact(self.catalog.all_fids(), self.journal.stored_vectors)
         else:
             self.journal.checkpoint()
 
@@ -290,11 +297,7 @@ class Store:
         """The stored vectors for ids, (n, dim) float32: the FP32 originals when the store
         keeps them (rescore=True) or while untrained, else decoded from the codes (lossy)."""
         fids = np.array([f for _, f in self.catalog.lookup(ids, self.catalog.fids_of)], dtype=np.int64)
-        if self.settings.rescore:
-            return self.journal.originals.read(fids)
-        if not self.journal.index.decodable:
-            raise InvalidInput("binary codes cannot be decoded to vectors: keep originals with rescore=True")
-        return self.journal.index.reconstruct(fids).astype(np.float32)
+        return self.journal.stored_vectors(fids)
 
     def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, **params) -> list[Hit]:
         """The k nearest rows to a text or a vector, best first."""
@@ -314,7 +317,7 @@ class Store:
             xq = self._embed(queries) if self.settings else np.zeros((len(queries), 1), np.float32)  # lock-free
         else:
             xq = inputs.as_matrix(queries, self.settings.dim if self.settings else None, "queries")
-        with self._rw.shared():
+        with holding(self, "shared"):
             allowed = None if where is None else self.catalog.where_fids(where)  # checks it on an empty store too
             if self.settings is None or (allowed is not None and not len(allowed)):
                 return [[] for _ in range(len(xq))]
@@ -365,12 +368,13 @@ class Store:
         return Stats.of(self.path, self.catalog.count(), FORMAT_VERSION, j.settings, j.index, j.log_rows, disk,
                         self.model_precision)
 
-    @writes
     def close(self) -> None:
         """Checkpoint the index and release the store. Closing twice does nothing."""
-        if not self._closed:
-            self._closed = True
-            self.journal.close()
+        with self._rw.exclusive():
+            if not self._closed:
+                self._closed = True
+                with storage_errors(self.path):
+                    self.journal.close()
 
 
 def _metadata(text: str | None) -> dict:

@@ -173,3 +173,36 @@ def test_build_sums_up_texts_longer_than_the_model_window_in_one_line(runner, tm
     assert notes == ["note: 2 of the texts in long.txt are longer than all-MiniLM-L6-v2's 256-token window; "
                      "only their first 256 tokens were embedded (split long documents into passages to make all of "
                      "their text searchable)"]
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("bad.txt", b"fine\nbad \xff here\n", "bad.txt:2"),
+    ("bad.jsonl", b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "\xc3("}\n', "bad.jsonl:2"),
+    ("bad.csv", b"id,text\na,fine\nb,caf\xe9\n", "bad.csv:3"),
+])
+def test_invalid_utf8_names_file_and_line_and_leaves_no_store(runner, tmp_path, name, content, where):
+    (tmp_path / name).write_bytes(content)
+    store = tmp_path / "new.qvec"
+    r = runner.invoke(main, ["build", str(store), str(tmp_path / name)])
+    assert r.exit_code == 2 and f"Error: {where}: not valid UTF-8" in r.output and "Traceback" not in r.output
+    assert not store.exists()  # a failed first build leaves no empty store behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/missing.txt"], "Error: {tmp}/missing.txt: no such file"),
+    (["{tmp}/ok.txt", "-q", "binary", "--index", "ivf8"], "Error: binary quantization supports index='flat' only"),
+])
+def test_a_build_refused_before_it_starts_leaves_no_store(runner, tmp_path, args, message):
+    (tmp_path / "ok.txt").write_text("a line\n")
+    store = tmp_path / "new.qvec"
+    r = runner.invoke(main, ["build", str(store)] + [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == 2 and message.replace("{tmp}", str(tmp_path)) in r.output, r.output
+    assert not store.exists()
+
+
+def test_search_with_a_huge_k_returns_every_row(runner, tmp_path, vectors_file, model):
+    store = str(tmp_path / "v.qvec")
+    runner.invoke(main, ["build", store, str(vectors_file), "-q", "fp16"])
+    r = runner.invoke(main, ["search", store, "how do I open a file?", "-k", "1000000000", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(r.output.splitlines()) == 300  # one hit per row; no room made for 10**9

@@ -11,7 +11,7 @@ import pytest
 
 import qvec
 from qvec.config import HNSW, PQ, parse_codes, parse_index
-from qvec.filters import compile_where
+from qvec.filters import leaf_sql
 
 
 @pytest.fixture
@@ -22,6 +22,13 @@ def store(tmp_path, corpus):
     s.train()
     yield s
     s.close()
+
+
+def nested(depth: int, leaf: dict) -> dict:
+    """A filter (or metadata) ``depth`` levels deep."""
+    for _ in range(depth):
+        leaf = {"$and": [leaf]} if "n" in leaf or "$and" in leaf else {"a": leaf}
+    return leaf
 
 
 def unchanged(store, n):
@@ -48,6 +55,25 @@ def unchanged(store, n):
         (lambda s, x: s.search(x[0], nprobes=3), qvec.InvalidInput, "unknown search parameter"),
         (lambda s, x: s.delete(["0", "nope"]), qvec.IdNotFound, "'nope'"),
         (lambda s, x: s.get(["nope"]), qvec.IdNotFound, "not in the store"),
+        # hostile input (#11): each a one-line error that names the fix, nothing stored
+        (lambda s, x: s.get(5), qvec.InvalidInput, "ids must be a string or a list of strings, got int"),
+        (lambda s, x: s.get(None), qvec.InvalidInput, "got NoneType"),
+        (lambda s, x: s.get(b"r1"), qvec.InvalidInput, "got bytes"),
+        (lambda s, x: s.delete(5), qvec.InvalidInput, "ids must be a string or a list of strings"),
+        (lambda s, x: s.vectors(["0", 1]), qvec.InvalidInput, "ids must be non-empty strings, got 1"),
+        (lambda s, x: s.add(vectors=x[:1], ids=["a\0b"]), qvec.InvalidInput, "contains a NUL character"),
+        (lambda s, x: s.add(vectors=x[:1], ids=["a\ud800"]), qvec.InvalidInput, "lone surrogate"),
+        (lambda s, x: s.add(["fine", "bad \udfff"]), qvec.InvalidInput, "text 1 holds a lone surrogate"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[{"t": "\ud800"}]), qvec.InvalidInput, "metadata.t holds a lone"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[{"a": {1: "x", "1": "y"}}]), qvec.InvalidInput,
+         "metadata keys must be strings, got 1 in metadata.a"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[{"big": 2**64}]), qvec.InvalidInput, "outside the 64-bit"),
+        (lambda s, x: s.add(vectors=x[:1], metadata=[nested(40, {})]), qvec.InvalidInput, "nested more than 32"),
+        (lambda s, x: s.add(vectors=x[:1] * (1 + 1j)), qvec.InvalidInput, "complex numbers"),
+        (lambda s, x: s.add(vectors=[["a"] * 384]), qvec.InvalidInput, "must be numbers"),
+        (lambda s, x: s.search(x[0], where={"n": 2**64}), qvec.InvalidFilter, "outside the 64-bit"),
+        (lambda s, x: s.search(x[0], where=nested(40, {"n": 1})), qvec.InvalidFilter, "nested more than 32"),
+        (lambda s, x: s.search(x[0], where=nested(1000, {"n": 1})), qvec.InvalidFilter, "nested more than 32"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_changes_nothing(store, corpus, call, error, message):
@@ -57,6 +83,34 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(store, corpus, call, err
     assert message in str(e.value) and "\n" not in str(e.value)
     unchanged(store, n)
     assert store.get("0").metadata == {"n": 0}  # "0" survives a failed delete of ["0", "nope"]
+
+
+def test_filters_of_any_size(store, corpus):
+    """$in with 1,000 values, $or with 600 branches and $and 30 deep failed in SQLite
+    (expression depth, compound SELECT and parser stack limits)."""
+    q = corpus[1][0]
+    assert len(store.search(q, 700, where={"n": {"$in": list(range(1000))}}, include=())) == 640
+    assert len(store.search(q, 700, where={"n": {"$nin": list(range(100, 1000))}}, include=())) == 100
+    assert len(store.search(q, 700, where={"$or": [{"n": j} for j in range(600)]}, include=())) == 600
+    assert len(store.search(q, 700, where=nested(30, {"n": {"$lt": 10}}), include=())) == 10
+    assert len(store.search(q, 5, where={"n": {"$in": [None, 3, "3", True]}}, include=())) == 1
+
+
+def test_a_closed_store_says_so(store, corpus):
+    store.close()
+    for call in (len, lambda s: s.search(corpus[1][0], 3), lambda s: s.get("0"), lambda s: s.add(vectors=corpus[1][:1]),
+                 lambda s: s.delete("0"), lambda s: s.stats(), lambda s: s.ids(), lambda s: s.checkpoint()):
+        with pytest.raises(qvec.StoreClosed, match="is closed: open it again with qvec.open()"):
+            call(store)
+    store.close()  # twice: nothing happens
+    assert "closed" in repr(store)
+
+
+def test_the_dimension_given_at_open_holds_for_the_first_add(tmp_path):
+    with qvec.open(tmp_path / "s", quantization="fp32", dim=64) as s:
+        with pytest.raises(qvec.DimensionMismatch, match="store holds 64-dim vectors, got 32"):
+            s.add(vectors=np.ones((2, 32)))
+        assert s.settings is None and len(s) == 0
 
 
 def test_k_larger_than_count_returns_count_hits(store, corpus):
@@ -82,8 +136,8 @@ def test_filter_operators(store, corpus):
     assert ns({"$and": [{"n": {"$gt": 3}}, {"n": {"$lt": 6}}, {"n": {"$ne": 4}}]}) == [5]
     assert len(ns({"n": {"$nin": [0, 1]}})) == len(store) - 2
     assert ns({"n": {"$in": []}}) == []
-    sql, params = compile_where({"a": "x' OR 1=1 --"})
-    assert "OR 1=1" not in sql and "x' OR 1=1 --" in params
+    sql, params = leaf_sql("a' OR 1=1 --", "$eq", ("s", "x' OR 1=1 --"))
+    assert "OR 1=1" not in sql and "x' OR 1=1 --" in params and "a' OR 1=1 --" in params
 
 
 def test_unknown_specs_list_the_valid_ones(tmp_path):
