@@ -100,6 +100,7 @@ class Journal:
         self.index: ExactBuffer | VectorIndex | None = None
         self.state: dict = {}
         self.log_rows = 0  # log entries the saved index does not cover
+        self._originals: Originals | None = None
 
     @classmethod
     def open(cls, path: Path, *, create: bool, read_only: bool, lock_timeout: float | None) -> Journal:
@@ -147,7 +148,9 @@ class Journal:
 
     @property
     def originals(self) -> Originals:
-        return Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+        if self._originals is None or self._originals.dim != self.settings.dim:
+            self._originals = Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+        return self._originals
 
     def stored_vectors(self, fids: np.ndarray) -> np.ndarray:
         """The vectors of fids as stored: the FP32 originals when kept (rescore=True), the exact
@@ -273,7 +276,7 @@ class Journal:
         n, first = len(ids), self.state["next_fid"]
         fids = np.arange(first, first + n, dtype=np.int64)
         if settings.rescore:
-            Originals(self.path / ORIGINALS_FILE, settings.dim).write(first, x)
+            (self.originals if self.settings else Originals(self.path / ORIGINALS_FILE, settings.dim)).write(first, x)
         index = empty_index(settings) if first_batch else self.index
         with self.catalog.transaction():
             if first_batch:

@@ -9,6 +9,14 @@ each row missing from the page cache faulted in the kernel's read-around window 
 one after another (``bench/rescore_cold.py`` measures both). A batch whose candidates
 cover a good part of the file is the exception: there the map's read-ahead fetches pages
 that are wanted anyway, and one vectorised pass costs less than two calls per row.
+
+Every row has a 32-bit checksum in a sidecar file (``originals.f32.sum``), written with
+it and checked on every read, so that a damaged row is a ``CorruptStore``, not a wrong
+rescored hit. The checksum is the sum of the row's 32-bit words, each times an odd weight,
+modulo 2**32: any change confined to one word always changes it (an odd weight times a
+nonzero difference below 2**32 is never a multiple of 2**32), and it costs two vectorised
+passes over what was read (``bench/originals_checksum.py``). Rows written before the
+sidecar existed (format-1 stores) read 0 there and are not checked.
 """
 
 from __future__ import annotations
@@ -25,24 +33,39 @@ DENSE = 8  # a read of at least one row in DENSE of the file goes through a memo
 __all__ = ["Originals"]
 
 
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """The checksum of each row: its 32-bit words times odd weights, summed modulo 2**32."""
+    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    weights = np.arange(1, 2 * words.shape[1], 2, dtype=np.uint32)
+    return np.einsum("ij,j->i", words, weights)  # wraps modulo 2**32; 4x faster than multiply-then-sum
+
+
+def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while len(data):  # one call writes at most ~2 GB on Linux
+            n = os.pwrite(fd, data, offset)
+            data, offset = data[n:], offset + n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Originals:
-    def __init__(self, path: Path, dim: int):
+    def __init__(self, path: Path, dim: int, *, verify: bool = True):
         self.path = Path(path)
+        self.sums = self.path.with_name(self.path.name + ".sum")
         self.dim = dim
         self.row_bytes = 4 * dim
+        self.verify = verify  # False only to measure what checking costs
+        self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
 
     def write(self, first_fid: int, x: np.ndarray) -> None:
-        """Rows first_fid, first_fid+1, ... (an add's fids are consecutive), then fsync."""
-        data = memoryview(np.ascontiguousarray(x, dtype=np.float32)).cast("B")
-        offset = first_fid * self.row_bytes
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while len(data):  # one call writes at most ~2 GB on Linux
-                n = os.pwrite(fd, data, offset)
-                data, offset = data[n:], offset + n
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
+        checksums, each fsync'd."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        _pwrite_all(self.path, memoryview(x).cast("B"), first_fid * self.row_bytes)
+        _pwrite_all(self.sums, memoryview(row_sums(x)).cast("B"), first_fid * 4)
 
     def read(self, fids: np.ndarray) -> np.ndarray:
         """Rows fids (any order, repeats allowed) as an (n, dim) float32 array."""
@@ -67,9 +90,25 @@ class Originals:
         finally:
             if fd >= 0:
                 os.close(fd)
+        if self.verify:
+            self._check(rows, out)
         if len(rows) == len(fids) and np.array_equal(rows, fids):
             return out  # asked in order without repeats: no copy
         return out[inverse.reshape(-1)]
+
+    def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """CorruptStore unless each row read matches its recorded checksum (0: none recorded)."""
+        sums = self._sum_map
+        if sums is None or len(sums) <= rows[-1]:
+            n = self.sums.stat().st_size // 4 if self.sums.exists() else 0
+            sums = self._sum_map = np.memmap(self.sums, dtype=np.uint32, mode="r", shape=(n,)) if n else np.zeros(0)
+        recorded = np.zeros(len(rows), np.uint32)
+        known = rows < len(sums)
+        recorded[known] = sums[rows[known]]
+        bad = np.flatnonzero((recorded != 0) & (row_sums(out) != recorded))
+        if len(bad):
+            raise CorruptStore(f"{self.path} row {int(rows[bad[0]])} fails its checksum ({len(bad)} of {len(rows)} "
+                               "rows read): the file was modified or damaged; restore it from a backup")
 
     def _read_mapped(self, rows: np.ndarray, stored: int, out: np.ndarray) -> None:
         """Most pages hold a wanted row (a big batch's candidates): one pass through a
@@ -98,4 +137,4 @@ class Originals:
                 view, offset = view[n:], offset + n
 
     def nbytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        return sum(p.stat().st_size for p in (self.path, self.sums) if p.exists())

@@ -194,3 +194,21 @@ def test_any_id_and_metadata_round_trip_or_are_refused(tmp_path_factory, ident, 
         assert got.id == ident and got.metadata == json.loads(json.dumps(meta))
         assert s.search(np.ones(4), 1, where={"$or": [{"x": 1}, {"y": {"$ne": 2}}]})[0].id == ident
         assert s.delete([ident]) == 1
+
+
+def test_a_damaged_original_is_found_when_read(built):
+    """A flipped byte in originals.f32 was rescored silently into wrong hits."""
+    path, x = built
+    with qvec.open(path) as s:
+        assert s.search(x[5], 1)[0].id == "r5"
+    with open(path / "originals.f32", "r+b") as f:
+        f.seek(5 * 32 * 4 + 9)
+        byte = f.read(1)
+        f.seek(5 * 32 * 4 + 9)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with qvec.open(path) as s:
+        with pytest.raises(qvec.CorruptStore, match="originals.f32 row 5 fails its checksum"):
+            s.search(x[5], 1)
+        with pytest.raises(qvec.CorruptStore, match="row 5 fails its checksum"):
+            s.vectors(["r5"])
+        assert s.vectors(["r6"]).shape == (1, 32)  # the rows around it still read
