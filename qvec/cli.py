@@ -249,6 +249,9 @@ def info(store, as_json):
         d = st["disk_bytes"]
         lines.append(f"disk         index {d['index']:,} B, originals {d['originals']:,} B, "
                      f"sqlite {d['sqlite']:,} B, total {d['total']:,} B")
+        if st["dead_ids"]:
+            lines.append(f"dead ids     {st['dead_ids']:,} (deleted or replaced rows; ids are never reused, so "
+                         f"{st['dead_original_bytes']:,} B of originals stay on disk)")
         shapes = {k: (f"{len(v['vmin'])} dims, {v['range_stat']}" if k == "scales" else v) for k, v in params.items()}
         if shapes:
             lines.append("trained      " + ", ".join(f"{k} {v}" for k, v in shapes.items()))

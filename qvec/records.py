@@ -50,6 +50,10 @@ class Stats:
     trained: bool = False
     pending_untrained: int = 0  # vectors searched exactly until the codes are trained
     tombstones: int = 0
+    # ids spent on deleted or replaced rows: FAISS ids are never reused, so their originals
+    # rows (rescore=True) and filter-bitmap bits stay until the ids are compacted
+    dead_ids: int = 0
+    dead_original_bytes: int = 0
     log_rows: int = 0
     fp32_bytes_per_vector: int | None = None
     bytes_per_vector: float | None = None  # RAM, measured from the index (codes, ids, links)
@@ -60,7 +64,7 @@ class Stats:
 
     @classmethod
     def of(cls, path, count: int, format_version: int, settings, index, log_rows: int, disk: dict[str, int],
-           query_model_precision: str) -> Stats:
+           query_model_precision: str, next_fid: int = 0) -> Stats:
         """The accounting of a store with these ``Settings`` and this index (trained or not)."""
         base: dict[str, Any] = {"path": str(path), "count": count, "format_version": format_version}
         s = settings
@@ -75,6 +79,7 @@ class Stats:
                    range_stat=s.range_stat if s.codes.kind in ("int8", "int4") else None,
                    trained=index.is_trained, pending_untrained=0 if index.is_trained else index.ntotal,
                    tombstones=len(index.tombstones), log_rows=log_rows, fp32_bytes_per_vector=4 * s.dim,
+                   dead_ids=next_fid - count, dead_original_bytes=(next_fid - count) * 4 * s.dim if s.rescore else 0,
                    disk_bytes=disk | {"total": sum(disk.values())},
                    trained_parameters=index.trained_parameters() if index.is_trained else {})
 

@@ -366,7 +366,7 @@ class Store:
         disk = {"index": j.index_file_bytes(), "originals": j.originals.nbytes() if j.settings else 0,
                 "sqlite": self.catalog.file_bytes()}
         return Stats.of(self.path, self.catalog.count(), FORMAT_VERSION, j.settings, j.index, j.log_rows, disk,
-                        self.model_precision)
+                        self.model_precision, j.state.get("next_fid", 0))
 
     def close(self) -> None:
         """Checkpoint the index and release the store. Closing twice does nothing."""

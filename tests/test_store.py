@@ -93,6 +93,8 @@ def test_upsert_and_delete_survive_reopen(tmp_path, data, quantization, index):
         # "7" now carries the vector of query 1, so it must rank first for that query
         store.upsert(vectors=xq[1], ids="7", metadata={"topic": 99})
         assert store.get("7").metadata == {"topic": 99}
+        st = store.stats()  # 5 deleted and 1 replaced: 6 ids whose originals and bitmap bits stay
+        assert st.dead_ids == 6 and st.dead_original_bytes == (6 * 4 * 384 if st.rescore else 0)
 
     def check(store):
         assert len(store) == len(xb) - 5
