@@ -342,7 +342,7 @@ class Journal:
         """Save ``index`` (a newly trained or rebuilt one, or the current) as the store's index
         and empty the log it covers, atomically: until the commit, the store loads as before
         (the old file and the whole log), and the caller's index is not installed."""
-        index = index or self.index
+        index = index if index is not None else self.index
         if index is None or not index.is_trained:
             return  # untrained vectors live in the log until training
         seq = self.catalog.last_seq()
