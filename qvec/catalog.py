@@ -179,6 +179,17 @@ class Catalog:
         self.conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
                               ((k, json.dumps(v)) for k, v in values.items()))
 
+    def renumber(self, live: np.ndarray) -> None:
+        """Give the rows with fids ``live`` (ascending) the fids 0..n-1, in the caller's
+        transaction. Through negative fids, so that no step collides with a row not yet moved."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS remap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+        self.conn.execute("DELETE FROM remap")
+        self.conn.executemany("INSERT INTO remap VALUES (?, ?)", zip(live.tolist(), range(len(live))))
+        for table in ("items", "meta_kv"):
+            self.conn.execute(f"UPDATE {table} SET fid = -1 - (SELECT new FROM remap WHERE old = {table}.fid)")
+            self.conn.execute(f"UPDATE {table} SET fid = -1 - fid")
+        self.conn.execute("DELETE FROM remap")
+
     def delete_state(self, keys: list[str]) -> None:
         self.conn.executemany("DELETE FROM state WHERE key = ?", ((k,) for k in keys))
 

@@ -264,6 +264,15 @@ class VectorIndex:
             index.add(vectors_of(fids[a : a + chunk]), fids[a : a + chunk])
         return index
 
+    def renumbered(self, live: np.ndarray) -> VectorIndex:
+        """A copy whose fids ``live`` (ascending, every fid it holds) become 0..n-1: the same
+        codes, only the ids in FAISS's arrays rewritten (lossless; not for tombstones)."""
+        clone = faiss.clone_binary_index(self.index) if self.binary else faiss.clone_index(self.index)
+        fresh = VectorIndex(self.settings, clone, self.threshold)
+        for ids in fresh._id_views():
+            ids[:] = np.searchsorted(live, ids)
+        return fresh
+
     def emptied(self) -> VectorIndex:
         """The same trained codes, holding no vectors: compaction refills it with the live rows."""
         if self.binary:

@@ -8,6 +8,10 @@ its size and SHA-256 and drops the log up to that position; only then are older 
 removed. Loading reads the named file, checks size and checksum before FAISS parses a
 byte, and replays the log after it. A crash at any point therefore leaves every id fully
 present or fully absent, and the index agreeing with the rows.
+
+Compaction renumbers the rows 0..n-1 by the same protocol: new index and originals files
+beside the old ones, one transaction that renumbers the catalog and names the new files,
+then the old files go (a reader holds its snapshot's originals open).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ DB_FILE = "qvec.sqlite"
 # Save the index once the log holds this many rows (or a quarter of the index): replaying
 # the log on open stays short, and a save's cost is spread over many writes.
 CHECKPOINT_ROWS = 10_000
-# Rebuild an HNSW graph once this share of it is deleted (at least COMPACT_MIN rows).
+# Compact once this share of the ids are dead (at least COMPACT_MIN): deleted or replaced
+# rows, whose ids are never reused, as HNSW tombstones and as originals rows and bitmap bits.
 COMPACT_SHARE = 0.2
 COMPACT_MIN = 1_000
+COMPACT_CHUNK = 65_536  # rows re-encoded (and their originals rewritten) at a time by compaction
 
 
 class IndexFileGone(CorruptStore):
@@ -100,6 +106,7 @@ class Journal:
         self.index: ExactBuffer | VectorIndex | None = None
         self.state: dict = {}
         self.log_rows = 0  # log entries the saved index does not cover
+        self.live = 0  # rows stored (kept here: count(*) reads the whole table)
         self._originals: Originals | None = None
 
     @classmethod
@@ -140,6 +147,8 @@ class Journal:
             if save and self.lock is not None and self.log_rows:
                 self.checkpoint()
         finally:
+            if self._originals is not None:
+                self._originals.close()
             self.catalog.release_snapshot()
             self.catalog.close()
             if self.lock is not None:
@@ -148,8 +157,12 @@ class Journal:
 
     @property
     def originals(self) -> Originals:
-        if self._originals is None or self._originals.dim != self.settings.dim:
-            self._originals = Originals(self.path / ORIGINALS_FILE, self.settings.dim)
+        """The originals file the state names (its name changes when ids are compacted)."""
+        path = self.path / self.state.get("originals_file", ORIGINALS_FILE)
+        if self._originals is None or self._originals.path != path or self._originals.dim != self.settings.dim:
+            if self._originals is not None:
+                self._originals.close()
+            self._originals = Originals(path, self.settings.dim)
         return self._originals
 
     def stored_vectors(self, fids: np.ndarray) -> np.ndarray:
@@ -202,11 +215,18 @@ class Journal:
         name = state.get("index_file")
         index = self._read_index_file(self.settings, state) if name else empty_index(self.settings)
         index.tombstones = self.catalog.tombstones()
+        originals = state.get("originals_file", ORIGINALS_FILE)
         if self.lock is not None:
-            for stray in self.path.glob("index-*.faiss*"):
-                if stray.name != name:  # written by a checkpoint that never committed
+            for stray in [*self.path.glob("index-*.faiss*"), *self.path.glob("originals*.f32*")]:
+                if stray.name not in (name, originals, originals + ".sum"):  # from a save that never committed
                     stray.unlink()
+        elif self.settings.rescore and (self.path / originals).exists():
+            try:  # a reader keeps the originals of its snapshot open: a compaction may remove them
+                self.originals.pin()
+            except FileNotFoundError:
+                raise IndexFileGone(f"{self.path / originals} was replaced while opening") from None
         self.log_rows = self._replay(index, state.get("checkpoint_seq", 0))
+        self.live = self.catalog.count()
         top = self.catalog.max_fid()
         if not isinstance(state.get("next_fid"), int) or top >= state["next_fid"]:
             raise CorruptStore(f"{self.path}: the id counter ({state.get('next_fid')!r}) is not past the stored rows "
@@ -288,6 +308,7 @@ class Journal:
         self.settings, self.index = settings, index
         self.state["next_fid"] = first + n
         self.log_rows += len(replaced) + n
+        self.live += n - len(replaced)
         index.remove(replaced)
         index.add(x, fids)
         return fids
@@ -296,6 +317,7 @@ class Journal:
         with self.catalog.transaction():
             self._log_delete(self.index, fids)
         self.log_rows += len(fids)
+        self.live -= len(fids)
         self.index.remove(fids)
 
     def _log_delete(self, index, fids: np.ndarray) -> None:
@@ -317,7 +339,8 @@ class Journal:
         index = self.index
         if not index.is_trained:
             return "train" if index.ntotal >= self.settings.train_size else None
-        if len(index.tombstones) > max(COMPACT_MIN, index.ntotal * COMPACT_SHARE):
+        dead = max(len(index.tombstones), self.state["next_fid"] - self.live)
+        if dead > max(COMPACT_MIN, self.state["next_fid"] * COMPACT_SHARE):
             return "compact"
         if self.log_rows >= max(CHECKPOINT_ROWS, index.ntotal // 4):
             return "checkpoint"
@@ -332,13 +355,35 @@ class Journal:
         trained.add(waiting.vectors(), waiting.fids())
         self.checkpoint(trained)
 
-    def compact(self, live: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Rebuild the index without its tombstones (the same trained codes, live rows only), and save it."""
-        fresh = self.index.emptied()
-        fresh.add(vectors_of(live), live)
-        self.checkpoint(fresh, clear_tombstones=True)
+    def compact(self, vectors_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Renumber the live rows 0..n-1 and save: an index without tombstones or gaps, and
+        (rescore=True) an originals file without the rows of deleted or replaced ids. The new
+        files are written beside the old; one transaction renumbers the catalog and names
+        them; only then are the old files removed (a reader keeps its own open)."""
+        live = self.catalog.all_fids()
+        new = np.arange(len(live), dtype=np.int64)
+        rebuild = bool(self.index.tombstones)  # a graph drops deleted nodes only by being rebuilt
+        fresh = self.index.emptied() if rebuild else self.index.renumbered(live)
+        originals = None
+        if self.settings.rescore:
+            originals = Originals(self.path / f"originals-{uuid.uuid4().hex[:8]}.f32", self.settings.dim)
+        try:
+            for a in range(0, len(live) if rebuild or originals else 0, COMPACT_CHUNK):
+                x = vectors_of(live[a : a + COMPACT_CHUNK])
+                if rebuild:
+                    fresh.add(x, new[a : a + COMPACT_CHUNK])
+                if originals is not None:
+                    originals.write(a, x)
+            extra = {"next_fid": len(live)} | ({"originals_file": originals.path.name} if originals else {})
+            self.checkpoint(fresh, clear_tombstones=True, renumber=live, state=extra)
+        except BaseException:
+            if originals is not None and self.state.get("originals_file") != originals.path.name:
+                for f in (originals.path, originals.sums):
+                    f.unlink(missing_ok=True)
+            raise
 
-    def checkpoint(self, index: VectorIndex | None = None, *, clear_tombstones: bool = False) -> None:
+    def checkpoint(self, index: VectorIndex | None = None, *, clear_tombstones: bool = False,
+                   renumber: np.ndarray | None = None, state: dict | None = None) -> None:
         """Save ``index`` (a newly trained or rebuilt one, or the current) as the store's index
         and empty the log it covers, atomically: until the commit, the store loads as before
         (the old file and the whole log), and the caller's index is not installed."""
@@ -365,7 +410,10 @@ class Journal:
         values["index_digest"] = _digest(self.state | values, data)
         if index.threshold is not None:
             values["binary_threshold"] = index.threshold.tolist()
+        values |= state or {}
         with self.catalog.transaction():
+            if renumber is not None:
+                self.catalog.renumber(renumber)
             self.catalog.put_state(values)
             self.catalog.delete_state(["index_sha256"])  # format 1's unbound checksum
             self.catalog.truncate_log(seq)
@@ -373,7 +421,8 @@ class Journal:
                 self.catalog.clear_tombstones()
         self.index, self.log_rows = index, 0
         self.state.update(values)
-        for old in self.path.glob("index-*.faiss"):
-            if old.name != name:
+        keep = {name, self.state.get("originals_file", ORIGINALS_FILE)}
+        for old in [*self.path.glob("index-*.faiss"), *self.path.glob("originals*.f32*")]:
+            if old.name not in keep and old.name.removesuffix(".sum") not in keep:
                 old.unlink()
         self.catalog.reclaim()

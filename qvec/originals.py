@@ -21,6 +21,7 @@ sidecar existed (format-1 stores) read 0 there and are not checked.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -59,6 +60,25 @@ class Originals:
         self.row_bytes = 4 * dim
         self.verify = verify  # False only to measure what checking costs
         self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
+        self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
+
+    def pin(self) -> None:
+        """Hold both files open, so that this object reads them even after a writer's id
+        compaction replaced and removed them (a reader's snapshot still names them)."""
+        if self._fds is None:
+            data = os.open(self.path, os.O_RDONLY)
+            try:
+                sums = os.open(self.sums, os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError:
+                os.close(data)
+                raise
+            self._fds = (data, sums)
+
+    def close(self) -> None:
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds, self._sum_map = None, None
 
     def write(self, first_fid: int, x: np.ndarray) -> None:
         """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
@@ -74,7 +94,8 @@ class Originals:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if not len(rows):
             return out
-        fd = os.open(self.path, os.O_RDONLY) if self.path.exists() else -1
+        pinned = self._fds is not None
+        fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY) if self.path.exists() else -1
         try:
             stored = os.fstat(fd).st_size // self.row_bytes if fd >= 0 else 0
             if int(rows[-1]) >= stored or int(rows[0]) < 0:
@@ -84,11 +105,11 @@ class Originals:
                 )
             starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
             if len(starts) > 1 and len(rows) * DENSE >= stored:
-                self._read_mapped(rows, stored, out)
+                self._read_mapped(fd, rows, stored, out)
             else:
                 self._read_runs(fd, rows, starts, out)
         finally:
-            if fd >= 0:
+            if fd >= 0 and not pinned:
                 os.close(fd)
         if self.verify:
             self._check(rows, out)
@@ -100,8 +121,7 @@ class Originals:
         """CorruptStore unless each row read matches its recorded checksum (0: none recorded)."""
         sums = self._sum_map
         if sums is None or len(sums) <= rows[-1]:
-            n = self.sums.stat().st_size // 4 if self.sums.exists() else 0
-            sums = self._sum_map = np.memmap(self.sums, dtype=np.uint32, mode="r", shape=(n,)) if n else np.zeros(0)
+            sums = self._sum_map = self._map_sums()
         recorded = np.zeros(len(rows), np.uint32)
         known = rows < len(sums)
         recorded[known] = sums[rows[known]]
@@ -110,14 +130,28 @@ class Originals:
             raise CorruptStore(f"{self.path} row {int(rows[bad[0]])} fails its checksum ({len(bad)} of {len(rows)} "
                                "rows read): the file was modified or damaged; restore it from a backup")
 
-    def _read_mapped(self, rows: np.ndarray, stored: int, out: np.ndarray) -> None:
+    def _map_sums(self) -> np.ndarray:
+        """The checksums as they are now: the pinned file, else the one at the path."""
+        fd = self._fds[1] if self._fds is not None else None
+        if fd is None:
+            if not self.sums.exists():
+                return np.zeros(0, np.uint32)
+            fd = os.open(self.sums, os.O_RDONLY)
+        try:
+            n = os.fstat(fd).st_size // 4
+            return np.frombuffer(mmap.mmap(fd, n * 4, access=mmap.ACCESS_READ), np.uint32) if n else \
+                np.zeros(0, np.uint32)
+        finally:
+            if self._fds is None:
+                os.close(fd)  # the map keeps the file
+
+    def _read_mapped(self, fd: int, rows: np.ndarray, stored: int, out: np.ndarray) -> None:
         """Most pages hold a wanted row (a big batch's candidates): one pass through a
         memory map, with the kernel's read-ahead, beats a pair of calls per run."""
-        mm = np.memmap(self.path, dtype=np.float32, mode="r", shape=(stored, self.dim))
-        try:
-            np.take(mm, rows, axis=0, out=out)
-        finally:
-            del mm
+        with mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ) as mm:
+            rowsview = np.frombuffer(mm, np.float32).reshape(stored, self.dim)
+            np.take(rowsview, rows, axis=0, out=out)
+            del rowsview
 
     def _read_runs(self, fd: int, rows: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
         """One read per run of consecutive rows, straight into the output. Scattered runs

@@ -51,7 +51,7 @@ class Stats:
     pending_untrained: int = 0  # vectors searched exactly until the codes are trained
     tombstones: int = 0
     # ids spent on deleted or replaced rows: FAISS ids are never reused, so their originals
-    # rows (rescore=True) and filter-bitmap bits stay until the ids are compacted
+    # rows (rescore=True) and filter-bitmap bits stay until the store compacts its ids
     dead_ids: int = 0
     dead_original_bytes: int = 0
     log_rows: int = 0

@@ -268,10 +268,11 @@ class Store:
     @writes
     def checkpoint(self, *, compact: bool = False) -> None:
         """Save the index to a new file and empty the log (done on close and as the log grows).
-        ``compact`` also rebuilds an HNSW graph without its deleted vectors."""
+        ``compact`` also renumbers the rows densely: an HNSW graph without its deleted vectors,
+        originals without the rows of deleted or replaced ids (done when a fifth are dead)."""
         self._writable()
-        if compact and self.is_trained and self.journal.index.tombstones:
-            self.journal.compact(self.catalog.all_fids(), self.journal.stored_vectors)
+        if compact and self.is_trained:
+            self.journal.compact(self.journal.stored_vectors)
         else:
             self.journal.checkpoint()
 

@@ -16,11 +16,12 @@ import qvec
 WRITER = r"""
 import sys, numpy as np, qvec, qvec.journal
 qvec.journal.CHECKPOINT_ROWS = 200  # checkpoint every few batches, so kills land inside them too
+qvec.journal.COMPACT_MIN = 200  # and compact the ids (rewriting the originals) every few dozen batches
 path, start = sys.argv[1], int(sys.argv[2])
 B = 40
 def vecs(b, version):
     return np.random.default_rng(b * 1000 + version).standard_normal((B, 32)).astype("float32")
-with qvec.open(path, quantization="int8", index="flat", dim=32) as s:
+with qvec.open(path, quantization="int8", index="flat", dim=32, rescore=True) as s:
     b = start
     while True:
         ids = [f"b{b}-{j}" for j in range(B)]
