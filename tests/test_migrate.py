@@ -80,3 +80,11 @@ def test_a_reader_cannot_migrate_while_an_old_writer_holds_the_store(tmp_path):
     finally:
         lock.release()
     assert "wal" in tables(path)  # untouched
+
+
+def test_a_reader_of_old_originals_reads_them_unchecked_and_writes_nothing(tmp_path):
+    path = copy(tmp_path, "v1-int8-flat")
+    with qvec.open(path, read_only=True) as s:  # migrates (no writer), then reads rows that have no checksums
+        np.testing.assert_allclose(s.vectors(["r1299"]), unit(X[1299:1300]), atol=1e-6)
+        assert s.search(X[1280], 1)[0].id == "r1280"
+    assert not (path / "originals.f32.sum").exists()
