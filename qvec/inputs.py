@@ -13,7 +13,7 @@ import numpy as np
 from .errors import DimensionMismatch, DuplicateId, InvalidInput
 
 __all__ = ["check_batch", "as_matrix", "check_texts", "check_ids", "dump_metadatas", "check_k", "check_include",
-           "check_lock_timeout", "check_string", "id_list", "normalised", "INCLUDE"]
+           "check_lock_timeout", "check_embedder", "check_string", "id_list", "normalised", "INCLUDE"]
 
 INCLUDE = ("text", "metadata")
 
@@ -173,6 +173,18 @@ def check_lock_timeout(timeout: Any) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout >= 0):
         raise InvalidInput(f"lock_timeout must be seconds >= 0 or None, got {timeout!r}")
+
+
+def check_embedder(embedder: Any) -> None:
+    """An injected embedder has what ``qvec.embedder.Embedder`` names (looked up on the class or
+    instance, so that a property such as ``dim`` does not load a model here)."""
+    if embedder is None:
+        return
+    missing = [a for a in ("name", "dim", "precision", "truncated", "window", "embed")
+               if not hasattr(type(embedder), a) and a not in getattr(embedder, "__dict__", {})]
+    if missing:
+        raise InvalidInput(f"embedder {type(embedder).__name__} lacks {', '.join(missing)}: give it what "
+                           "qvec.embedder.Embedder names (name, dim, precision, truncated, window, embed)")
 
 
 def check_include(include: Any) -> tuple[str, ...]:

@@ -66,6 +66,7 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
                                 model=embedder.name if embedder is not None and model is None else model,
                                 range_stat=range_stat)
     inputs.check_lock_timeout(lock_timeout)
+    inputs.check_embedder(embedder)
     if model_precision is not None:
         check_model_precision(model_precision)
     return Store(Path(path), requested, embedder, create=create and not read_only, read_only=read_only,

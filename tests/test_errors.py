@@ -106,6 +106,18 @@ def test_a_closed_store_says_so(store, corpus):
     assert "closed" in repr(store)
 
 
+def test_an_injected_embedder_must_have_what_the_protocol_names(tmp_path):
+    class Partial:
+        name, dim = "partial", 4
+
+        def embed(self, texts):
+            return np.ones((len(texts), 4), np.float32)
+
+    with pytest.raises(qvec.InvalidInput, match="embedder Partial lacks precision, truncated, window"):
+        qvec.open(tmp_path / "s", embedder=Partial())
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_dimension_given_at_open_holds_for_the_first_add(tmp_path):
     with qvec.open(tmp_path / "s", quantization="fp32", dim=64) as s:
         with pytest.raises(qvec.DimensionMismatch, match="store holds 64-dim vectors, got 32"):
