@@ -153,7 +153,7 @@ def _check_value(value: Any, where: str, depth: int) -> None:
             if not isinstance(k, str):
                 raise InvalidInput(f"metadata keys must be strings, got {k!r} in {where}")
             check_string(k, f"a key of {where}")
-            _check_value(v, f"{where}.{k}", depth + 1)
+            _check_value(v, f"{where}.{k}" if k.isidentifier() else f"{where}[{k!r}]", depth + 1)
     elif isinstance(value, (list, tuple)):
         for v in value:
             _check_value(v, where, depth + 1)
