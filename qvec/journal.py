@@ -192,6 +192,11 @@ class Journal:
                 self.catalog.release_snapshot()
                 if attempt == attempts - 1 or self.lock is not None:
                     raise
+            except QvecError:
+                raise
+            except (KeyError, TypeError, ValueError) as e:  # a state value missing, or not what was written
+                raise CorruptStore(f"{self.path}: the store's state is damaged ({type(e).__name__}: {e}); "
+                                   "restore it from a backup") from None
 
     def reload(self) -> bool:
         """A reader: move the snapshot to what writers committed since; whether anything changed."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["Hit", "Item", "Stats"]
+from .errors import CorruptStore
+
+__all__ = ["Hit", "Item", "Stats", "metadata_of"]
 
 
 class Hit(NamedTuple):
@@ -86,3 +89,12 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (``qvec info --json``)."""
         return dataclasses.asdict(self)
+
+
+def metadata_of(text: str | None) -> dict:
+    """A row's metadata from the JSON the catalog holds."""
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:  # stored by json.dumps: only damage makes it unreadable
+        raise CorruptStore(f"a row's metadata is not the JSON qvec wrote ({text[:40]!r}...): the database is "
+                           "damaged; restore it from a backup") from None

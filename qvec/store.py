@@ -9,7 +9,6 @@ journal's, SQL the catalog's, FAISS the index module's, checking input ``inputs`
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -33,7 +32,7 @@ from .errors import (
 from .guard import holding, reads, storage_errors, writes
 from .index import VectorIndex, exact_search, rescore
 from .journal import Journal
-from .records import Hit, Item, Stats
+from .records import Hit, Item, Stats, metadata_of
 from .rwlock import ReadWriteLock
 
 __all__ = ["open", "Store", "Hit", "Item", "Stats", "FORMAT_VERSION"]
@@ -282,7 +281,7 @@ class Store:
     def get(self, ids):
         """The stored row(s): ``get("a")`` → Item, ``get(["a", "b"])`` → [Item, Item], one per id asked."""
         rows = self.catalog.lookup(ids, self.catalog.rows_by_id)
-        items = [Item(i, text, _metadata(meta)) for i, (_, text, meta) in rows]
+        items = [Item(i, text, metadata_of(meta)) for i, (_, text, meta) in rows]
         return items[0] if isinstance(ids, str) else items
 
     @reads
@@ -348,7 +347,7 @@ class Store:
                     for drow, irow in zip(D.tolist(), I.tolist())]
         rows = self.catalog.rows(fids)
         text, meta = "text" in include, "metadata" in include
-        return [[Hit(r[0], s, r[1] if text else None, _metadata(r[2]) if meta else None)
+        return [[Hit(r[0], s, r[1] if text else None, metadata_of(r[2]) if meta else None)
                  for s, f in zip(drow, irow) if (r := rows.get(f)) is not None]
                 for drow, irow in zip(D.tolist(), I.tolist())]
 
@@ -377,7 +376,3 @@ class Store:
                 self._closed = True
                 with storage_errors(self.path):
                     self.journal.close()
-
-
-def _metadata(text: str | None) -> dict:
-    return json.loads(text) if text else {}
