@@ -4,10 +4,11 @@ log replayed after it), and checkpoints (saving the index and emptying the log).
 The protocol. Each write is one catalog transaction that records the rows *and* their
 vectors in the vector log. A checkpoint writes the index to a new file (fsync'd, named
 with the log position it covers), then, in one transaction, names it in the catalog with
-its size and SHA-256 and drops the log up to that position; only then are older files
-removed. Loading reads the named file, checks size and checksum before FAISS parses a
-byte, and replays the log after it. A crash at any point therefore leaves every id fully
-present or fully absent, and the index agreeing with the rows.
+its size, a SHA-256 bound to the store's id, its count and largest id, and drops the log up
+to that position; only then are older files removed. Loading reads the named file, checks
+size and digest before FAISS parses a byte (count and ids after), and replays the log.
+A crash at any point therefore leaves every id fully present or fully absent, and the
+index agreeing with the rows.
 
 Compaction renumbers the rows 0..n-1 by the same protocol: new index and originals files
 beside the old ones, one transaction that renumbers the catalog and names the new files,
@@ -122,7 +123,7 @@ class Journal:
                 raise StoreNotFound(f"{path} is a non-empty directory but not a qvec store: choose a new path")
             path.mkdir(parents=True, exist_ok=True)
         db = path / DB_FILE
-        others = any(path.glob("index-*.faiss")) or (path / ORIGINALS_FILE).exists()
+        others = any(path.glob("index-*.faiss")) or any(path.glob("originals*.f32"))
         if db.exists() and db.stat().st_size == 0 and others:
             raise CorruptStore(f"{db} is empty, but {path} holds an index: the database was truncated; restore it "
                                "from a backup")
