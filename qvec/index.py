@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from .config import HNSW, IVF, SQ, SearchParams, Settings
-from .errors import NotTrained
+from .errors import CorruptStore, NotTrained
 
 __all__ = ["VectorIndex", "ExactBuffer", "empty_index", "exact_search", "rescore", "new_index",
            "one_faiss_thread", "FAISS_VERSION"]
@@ -101,6 +101,12 @@ def _bitmap(fids: np.ndarray) -> np.ndarray:
     mask = np.zeros(int(fids.max()) + 1 if len(fids) else 0, dtype=bool)
     mask[fids] = True
     return np.packbits(mask, bitorder="little")
+
+
+def _not_indexed(fids: np.ndarray, held: np.ndarray) -> CorruptStore:
+    missing = np.setdiff1d(fids, held)
+    return CorruptStore(f"{len(missing)} row(s) of the database are not in the index (id {int(missing[0])}): "
+                        "the store is damaged; restore it from a backup")
 
 
 # -- exact scoring ------------------------------------------------------------------------------
@@ -177,6 +183,8 @@ class ExactBuffer:
         return np.stack(list(self._rows.values())) if self._rows else np.zeros((0, self.settings.dim), np.float32)
 
     def reconstruct(self, fids: np.ndarray) -> np.ndarray:
+        if any(int(f) not in self._rows for f in fids):
+            raise _not_indexed(fids, self.fids())
         return np.stack([self._rows[int(f)] for f in fids]) if len(fids) else np.zeros((0, self.settings.dim))
 
     def search(self, xq, k, *, allowed=None, params: SearchParams | None = None):
@@ -401,7 +409,10 @@ class VectorIndex:
         outer = faiss.downcast_index(self.index)
         if isinstance(outer, faiss.IndexIDMap):
             id_map = faiss.vector_to_array(outer.id_map)  # fids in insertion order: ascending
-            return outer.index.reconstruct_batch(np.searchsorted(id_map, fids))
+            pos = np.minimum(np.searchsorted(id_map, fids), max(len(id_map) - 1, 0))
+            if not len(id_map) or not np.array_equal(id_map[pos], fids):
+                raise _not_indexed(fids, id_map)
+            return outer.index.reconstruct_batch(pos)
         ivf = faiss.extract_index_ivf(outer)
         lists, nbytes = ivf.invlists, int(ivf.code_size)
         listno = np.zeros(8, np.uint8)
@@ -423,7 +434,7 @@ class VectorIndex:
         order = np.argsort(got)
         pos = order[np.searchsorted(got[order], fids)] if len(got) else None
         if pos is None or not np.array_equal(got[pos], fids):
-            raise KeyError("some fids are not in the index")
+            raise _not_indexed(fids, got)
         decoded = outer.sa_decode(np.ascontiguousarray(np.vstack(found_codes)))
         return decoded[pos]
 
