@@ -61,11 +61,13 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
     (search, get, ids, len, vectors, stats) sees the store as committed when it opened (or
     last called ``refresh()``), and nothing after.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"path must be a directory path (str or Path), got {type(path).__name__}")
+    inputs.check_embedder(embedder)  # before its name is read
     requested = Requested.parse(quantization=quantization, index=index, metric=metric, rescore=rescore, dim=dim,
                                 model=embedder.name if embedder is not None and model is None else model,
                                 range_stat=range_stat)
     inputs.check_lock_timeout(lock_timeout)
-    inputs.check_embedder(embedder)
     if model_precision is not None:
         check_model_precision(model_precision)
     return Store(Path(path), requested, embedder, create=create and not read_only, read_only=read_only,

@@ -115,6 +115,10 @@ def test_an_injected_embedder_must_have_what_the_protocol_names(tmp_path):
 
     with pytest.raises(qvec.InvalidInput, match="embedder Partial lacks precision, truncated, window"):
         qvec.open(tmp_path / "s", embedder=Partial())
+    with pytest.raises(qvec.InvalidInput, match="embedder object lacks name, dim"):
+        qvec.open(tmp_path / "s", embedder=object())
+    with pytest.raises(qvec.InvalidInput, match="path must be a directory path"):
+        qvec.open(None)
     assert not (tmp_path / "s").exists()
 
 
