@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .errors import CorruptStore, DuplicateId, IdNotFound, IncompatibleStore, StoreLocked, StoreNotFound
+from .errors import CorruptStore, DuplicateId, IdNotFound, IncompatibleStore, QvecError, StoreLocked, StoreNotFound
 from .filters import evaluate, index_entries
 from .inputs import id_list
 
@@ -112,7 +112,9 @@ class Catalog:
         except StoreLocked:
             raise IncompatibleStore(f"{where} is a store in an older format, open for writing elsewhere: reopen it "
                                     "after that writer closes, and qvec upgrades it") from None
-        except sqlite3.Error as e:  # not a database, malformed ...
+        except QvecError:
+            raise
+        except (sqlite3.Error, ValueError) as e:  # not a database, malformed, a format version that is not JSON
             raise CorruptStore(f"{where} is not a readable qvec database ({e})") from None
         if version is None:
             raise StoreNotFound(f"no qvec store at {Path(where).parent}: create it with qvec.open(path)")

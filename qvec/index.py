@@ -45,6 +45,7 @@ __all__ = ["VectorIndex", "ExactBuffer", "empty_index", "exact_search", "rescore
 DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GEMM
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
 TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
+CHUNK = 65_536  # rows fetched (read, decoded or embedded) at a time when an index is rebuilt
 RESCORE_BLOCK_BYTES = 64 << 20  # candidate vectors gathered at once while re-ranking
 
 _RANGE_STATS = {
@@ -101,6 +102,11 @@ def _bitmap(fids: np.ndarray) -> np.ndarray:
     mask = np.zeros(int(fids.max()) + 1 if len(fids) else 0, dtype=bool)
     mask[fids] = True
     return np.packbits(mask, bitorder="little")
+
+
+def _training_sample(n: int) -> np.ndarray:
+    """TRAIN_SAMPLE of n row positions, ascending (seeded: the same rows every time)."""
+    return np.sort(np.random.default_rng(0).choice(n, TRAIN_SAMPLE, replace=False))
 
 
 def _not_indexed(fids: np.ndarray, held: np.ndarray) -> CorruptStore:
@@ -185,13 +191,16 @@ class ExactBuffer:
     def reconstruct(self, fids: np.ndarray) -> np.ndarray:
         if any(int(f) not in self._rows for f in fids):
             raise _not_indexed(fids, self.fids())
+        return self._stack(fids)
+
+    def _stack(self, fids: np.ndarray) -> np.ndarray:
         return np.stack([self._rows[int(f)] for f in fids]) if len(fids) else np.zeros((0, self.settings.dim))
 
     def search(self, xq, k, *, allowed=None, params: SearchParams | None = None):
         fids = self.fids()
         if allowed is not None:
             fids = np.intersect1d(fids, allowed)
-        return exact_search(xq, self.reconstruct(fids), fids, k, self.settings.metric)
+        return exact_search(xq, self._stack(fids), fids, k, self.settings.metric)  # fids are its own: no check
 
 
 # -- the trained side -------------------------------------------------------------------------------
@@ -248,7 +257,7 @@ class VectorIndex:
             warnings.warn(f"training {s.codes}/{s.index} on {len(x)} vectors; {s.train_size} or more give better "
                           "codes", stacklevel=5)
         if len(x) > TRAIN_SAMPLE:
-            x = x[np.sort(np.random.default_rng(0).choice(len(x), TRAIN_SAMPLE, replace=False))]
+            x = x[_training_sample(len(x))]
         index = new_index(settings)
         if settings.binary:
             return cls(settings, index, np.median(x, axis=0).astype(np.float32))
@@ -257,7 +266,7 @@ class VectorIndex:
 
     @classmethod
     def trained_from(cls, settings: Settings, fids: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray],
-                     chunk: int = 65_536) -> VectorIndex:
+                     chunk: int = CHUNK) -> VectorIndex:
         """A new index trained on, and holding, the rows ``fids``, whose vectors ``vectors_of``
         gives (from disk, or embedded again): each fetched once when they all fit the training
         sample, else a sample for training and then ``chunk`` rows at a time."""
@@ -266,8 +275,7 @@ class VectorIndex:
             index = cls.trained(settings, x)
             index.add(x, fids)
             return index
-        sample = np.sort(np.random.default_rng(0).choice(len(fids), TRAIN_SAMPLE, replace=False))
-        index = cls.trained(settings, vectors_of(fids[sample]))
+        index = cls.trained(settings, vectors_of(fids[_training_sample(len(fids))]))
         for a in range(0, len(fids), chunk):
             index.add(vectors_of(fids[a : a + chunk]), fids[a : a + chunk])
         return index

@@ -31,7 +31,7 @@ import numpy as np
 from .catalog import Catalog
 from .config import Settings
 from .errors import CorruptStore, InvalidInput, QvecError, StoreLocked, StoreNotFound
-from .index import ExactBuffer, VectorIndex, empty_index
+from .index import CHUNK, ExactBuffer, VectorIndex, empty_index
 from .originals import Originals
 
 __all__ = ["WriterLock", "Journal", "IndexFileGone", "CHECKPOINT_ROWS"]
@@ -46,7 +46,6 @@ CHECKPOINT_ROWS = 10_000
 # rows, whose ids are never reused, as HNSW tombstones and as originals rows and bitmap bits.
 COMPACT_SHARE = 0.2
 COMPACT_MIN = 1_000
-COMPACT_CHUNK = 65_536  # rows re-encoded (and their originals rewritten) at a time by compaction
 
 
 class IndexFileGone(CorruptStore):
@@ -374,10 +373,10 @@ class Journal:
         if self.settings.rescore:
             originals = Originals(self.path / f"originals-{uuid.uuid4().hex[:8]}.f32", self.settings.dim)
         try:
-            for a in range(0, len(live) if rebuild or originals else 0, COMPACT_CHUNK):
-                x = vectors_of(live[a : a + COMPACT_CHUNK])
+            for a in range(0, len(live) if rebuild or originals else 0, CHUNK):
+                x = vectors_of(live[a : a + CHUNK])
                 if rebuild:
-                    fresh.add(x, new[a : a + COMPACT_CHUNK])
+                    fresh.add(x, new[a : a + CHUNK])
                 if originals is not None:
                     originals.write(a, x)
             extra = {"next_fid": len(live)} | ({"originals_file": originals.path.name} if originals else {})
