@@ -75,6 +75,8 @@ def check_batch(texts: Any, vectors: Any, ids: Any, metadata: Any, dim: int | No
 
 
 def check_texts(texts: Any) -> list[str]:
+    if not isinstance(texts, str) and (isinstance(texts, (bytes, bytearray, dict)) or not isinstance(texts, Iterable)):
+        raise InvalidInput(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     texts = [texts] if isinstance(texts, str) else list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():

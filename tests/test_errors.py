@@ -42,6 +42,8 @@ def unchanged(store, n):
         (lambda s, x: s.add(vectors=np.where(np.arange(384) == 5, np.nan, x[:3])), qvec.InvalidInput, "NaN or inf"),
         (lambda s, x: s.add(vectors=np.zeros((0, 384))), qvec.InvalidInput, "the batch is empty"),
         (lambda s, x: s.add(["ok", "  "]), qvec.InvalidInput, "text 1 is empty"),
+        (lambda s, x: s.add(texts=5), qvec.InvalidInput, "texts must be a string or a list of strings, got int"),
+        (lambda s, x: s.add(texts=b"bytes"), qvec.InvalidInput, "got bytes"),
         (lambda s, x: s.add(vectors=x[:1], ids=["0"]), qvec.DuplicateId, "use upsert() to replace"),
         (lambda s, x: s.add(vectors=x[:2], ids=["a", "a"]), qvec.DuplicateId, "appears twice in one batch"),
         (lambda s, x: s.add(vectors=x[:1], ids=[7]), qvec.InvalidInput, "ids must be non-empty strings"),
