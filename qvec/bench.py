@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
-from .config import parse_codes, parse_index
+from .config import DEFAULT_OVERSAMPLE, ORIGINALS, parse_codes, parse_index
 from .errors import InvalidSpec
 from .index import FAISS_VERSION, one_faiss_thread
 from .inputs import normalised
@@ -49,8 +49,9 @@ K_VALUES = (1, 10, 100)
 
 @dataclass(frozen=True)
 class Config:
-    """One point of the sweep, written ``QUANT/INDEX[/rescore[=OVERSAMPLE]][/nprobe=N][/ef=N]``,
-    e.g. ``int8/flat``, ``pq48/ivf1024/rescore=4/nprobe=64``, ``int8/hnsw32/ef=128``."""
+    """One point of the sweep, written
+    ``QUANT/INDEX[/rescore[=OVERSAMPLE]][/originals=fp16|int8][/nprobe=N][/ef=N]``, e.g.
+    ``int8/flat``, ``pq48/ivf1024/rescore=4/nprobe=64``, ``pq48/flat/rescore=4/originals=int8``."""
 
     quantization: str
     index: str = "flat"
@@ -58,6 +59,7 @@ class Config:
     oversample: int | None = None
     nprobe: int | None = None
     ef_search: int | None = None
+    originals: str = "fp32"  # the precision rescoring's originals are kept at
 
     @classmethod
     def parse(cls, spec: str) -> Config:
@@ -78,15 +80,21 @@ class Config:
                     fields["oversample"] = _positive(value, spec)
             elif key in ("nprobe", "ef", "ef_search"):
                 fields["nprobe" if key == "nprobe" else "ef_search"] = _positive(value, spec)
+            elif key == "originals" and value in ORIGINALS:
+                fields["originals"] = value
             else:
                 raise InvalidSpec(f"unknown option {p!r} in configuration {spec!r}: "
-                                  "expected rescore[=N], nprobe=N or ef=N")
+                                  f"expected rescore[=N], originals={'|'.join(ORIGINALS)}, nprobe=N or ef=N")
+        if fields.get("originals", "fp32") != "fp32" and not fields.get("rescore"):
+            raise InvalidSpec(f"originals= in configuration {spec!r} needs rescore: originals are kept to rescore")
         return cls(**fields)
 
     def __str__(self) -> str:
         s = f"{self.quantization}/{self.index}"
         if self.rescore:
             s += f"/rescore={self.oversample}" if self.oversample else "/rescore"
+            if self.originals != "fp32":
+                s += f"/originals={self.originals}"
         if self.nprobe:
             s += f"/nprobe={self.nprobe}"
         if self.ef_search:
@@ -117,25 +125,37 @@ def _nlist_for(n: int) -> int:
 
 
 def default_sweep(dim: int, n: int, *, quick: bool = False) -> list[Config]:
-    """Every quantization from FP32 down to 1 bit, with and without rescoring, plus the
-    approximate indexes at the INT8 and PQ points a large store would use.
+    """Every family of codes from FP32 down to 1 bit, with and without rescoring (from FP32,
+    FP16 and INT8 originals), plus the approximate indexes at the INT8 and PQ points a large
+    store would use.
 
-    quick: one point per step down (fp32, fp16, int8, int4+rescore, PQ with and without
-    rescore, binary+rescore) and HNSW; no OPQ or IVF, whose training takes minutes at 100K+."""
+    quick: the best configuration measured at each budget step (about 776, 392, 200, 100
+    and 56 B per 384-d vector, bench/results/code_families_*.md), with and without
+    rescoring, and HNSW; neither OPQ nor IVF, whose training takes many minutes at 100K+
+    (8-bit PQ on pairs of dimensions, the best at 200 B, takes 3-5)."""
     pq_big, pq_mid, pq_small = (_divisor_near(dim, dim / f) for f in (4, 8, 16))
+    pq_pairs = _divisor_near(dim, dim / 2)  # 8-bit PQ on pairs of dimensions: int4's bytes
+    pq_under_100 = _divisor_near(dim, dim / 6)
     nlist = _nlist_for(n)
     ivf = f"ivf{nlist}" if nlist > 1 else "flat"
     nprobe = max(1, nlist // 8)
     if quick:
-        specs = ["fp32/flat", "fp16/flat", "int8/flat", "int4/flat/rescore=4", f"pq{pq_mid}/flat",
-                 f"pq{pq_mid}/flat/rescore=4", "binary/flat/rescore=8", "int8/hnsw32/ef=64"]
+        specs = ["fp32/flat", "fp16/flat", "int8/flat", f"pq{pq_pairs}/flat", "int4/flat/rescore=4",
+                 f"pq{pq_under_100}/flat", f"pq{pq_under_100}/flat/rescore=4", f"pq{pq_mid}/flat",
+                 f"pq{pq_mid}/flat/rescore=4", f"pq{pq_mid}/flat/rescore=4/originals=int8", "int8/hnsw32/ef=64"]
     else:
         specs = [
             "fp32/flat", "fp16/flat", "bf16/flat", "int8/flat", "int4/flat", "int4/flat/rescore=4",
-            f"pq{pq_big}/flat", f"pq{pq_mid}/flat", f"pq{pq_mid}/flat/rescore=4", f"opq{pq_mid}/flat",
+            "int4/flat/rescore=4/originals=fp16", "int4/flat/rescore=4/originals=int8",
+            f"pq{pq_pairs}/flat", "rabitq4/flat", "rabitq2/flat", "rabitq2/flat/rescore=4",
+            f"pq{pq_big}/flat", f"pq{pq_under_100}/flat", f"pq{pq_under_100}/flat/rescore=4",
+            f"pq{pq_mid}/flat", f"pq{pq_mid}/flat/rescore=4", f"pq{pq_mid}/flat/rescore=4/originals=fp16",
+            f"pq{pq_mid}/flat/rescore=4/originals=int8", f"opq{pq_mid}/flat", f"opq{pq_mid}/flat/rescore=4",
+            f"pq{2 * pq_mid}x4fs/flat", f"pq{2 * pq_mid}x4fs/flat/rescore=4", "rabitq/flat", "rabitq/flat/rescore=4",
             f"pq{pq_small}/flat/rescore=8", "binary/flat", "binary/flat/rescore=8",
             f"int8/{ivf}/nprobe={max(1, nprobe // 4)}", f"int8/{ivf}/nprobe={nprobe}", "int8/hnsw32/ef=64",
-            f"pq{pq_mid}/{ivf}/rescore=4/nprobe={nprobe}",
+            f"pq{pq_mid}/{ivf}/rescore=4/nprobe={nprobe}", f"pq{2 * pq_mid}x4fs/{ivf}/rescore=4/nprobe={nprobe}",
+            f"rabitq/{ivf}/rescore=4/nprobe={nprobe}",
         ]
     return list(dict.fromkeys(Config.parse(s) for s in specs))
 
@@ -239,7 +259,7 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
     try:
         t0 = time.perf_counter()
         store = open_store(tmp / "s.qvec", quantization=cfg.quantization, index=cfg.index, metric=ds.metric,
-                           rescore=cfg.rescore)
+                           rescore=cfg.rescore and cfg.originals)
         ids = [str(i) for i in range(n)]
         for lo in range(0, n, 100_000):  # bounded batches: one SQLite transaction each
             store.add(vectors=ds.xb[lo : lo + 100_000], ids=ids[lo : lo + 100_000])
@@ -252,7 +272,7 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         batch_s, res10 = best_of(lambda: store.search_batch(ds.xq, 10, include=(), **params), repeat)
         I10 = result_rows(res10, 10)
         I100 = result_rows(store.search_batch(ds.xq, k_max, include=(), **params), k_max)
-        kc = 10 * (cfg.oversample or 4) if cfg.rescore else 10
+        kc = 10 * (cfg.oversample or DEFAULT_OVERSAMPLE) if cfg.rescore else 10
         faiss_s = raw_faiss_seconds(store, ds.xq, kc, nprobe=cfg.nprobe, ef_search=cfg.ef_search, repeat=repeat)
 
         latency = single_query_ms(lambda q: store.search(q, 10, include=(), **params), ds.xq[:n_latency])
@@ -267,7 +287,8 @@ def run_config(ds: Dataset, cfg: Config, *, repeat: int = 3, n_latency: int = 20
         "quantization": cfg.quantization,
         "index": cfg.index,
         "rescore": cfg.rescore,
-        "oversample": cfg.oversample if cfg.rescore else None,
+        "oversample": (cfg.oversample or DEFAULT_OVERSAMPLE) if cfg.rescore else None,
+        "originals": cfg.originals if cfg.rescore else None,
         "nprobe": cfg.nprobe,
         "ef_search": cfg.ef_search,
         "count": n,

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import open as open_store
+from .config import ORIGINALS
 from .embedder import MODEL_PRECISIONS
 from .errors import InputFileError, InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
 from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
@@ -60,7 +61,7 @@ def main(debug):
 @click.argument("store", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--quantization", "-q", default=None,
-              help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, binary")
+              help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, pq{M}x4fs, rabitq, rabitq{bits}, binary")
 @click.option("--index", default=None, help="flat (default), ivf{nlist}, hnsw{M}")
 @click.option("--model", default=None, help="sentence-transformers name or path (default all-MiniLM-L6-v2)")
 @click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
@@ -69,11 +70,14 @@ def main(debug):
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--metadata-fields", default=None, help="comma-separated fields to keep as metadata, or 'all'")
 @click.option("--batch-size", default=256, show_default=True, help="documents per atomic batch")
-@click.option("--rescore/--no-rescore", default=None, help="keep FP32 originals on disk for exact re-ranking")
+@click.option("--rescore", is_flag=False, flag_value="on", default=None, type=click.Choice(("on", *ORIGINALS)),
+              help="keep the original vectors on disk for exact re-ranking: --rescore alone at FP32 (or the "
+                   "store's precision), --rescore fp16 or int8 at half or a quarter of the disk")
+@click.option("--no-rescore", is_flag=True, help="keep no originals (the default for a new store)")
 @click.option("--upsert", is_flag=True, help="replace rows whose id exists (default: skip them)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def build(store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
-          batch_size, rescore, upsert, quiet):
+          batch_size, rescore, no_rescore, upsert, quiet):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
     metadata optionally from a .jsonl beside it as NAME.jsonl).
@@ -89,6 +93,7 @@ def build(store, inputs, quantization, index, model, model_precision, text_field
         if path != "-" and not Path(path).is_file():
             raise InputFileError(f"{path}: no such file")
     created = not Path(store).exists()
+    rescore = False if no_rescore else True if rescore == "on" else rescore
     s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
                    model_precision=model_precision)
     added = skipped = 0
@@ -237,9 +242,10 @@ def info(store, as_json):
     params = st.get("trained_parameters", {})
     lines = [f"store        {st['path']}", f"count        {st['count']}"]
     if st.get("dim"):
+        rescore = f"from {st['originals']} originals" if st["rescore"] else "off"
         lines += [
             f"settings     {st['quantization']} / {st['index']} / {st['metric']}, dim {st['dim']}, "
-            f"model {st['model']} at {st['model_precision']}, rescore {'on' if st['rescore'] else 'off'}",
+            f"model {st['model']} at {st['model_precision']}, rescore {rescore}",
             "trained      " + ("yes" if st["trained"] else f"no ({st['pending_untrained']} vectors wait)"),
         ]
         if st["bytes_per_vector"]:

@@ -17,13 +17,17 @@ from typing import Any
 
 from .errors import InvalidInput, InvalidSpec, SettingsConflict
 
-__all__ = ["Codes", "FloatCodes", "SQ", "PQ", "Binary", "IndexConfig", "Flat", "IVF", "HNSW", "Settings",
+__all__ = ["Codes", "FloatCodes", "SQ", "PQ", "RaBitQ", "Binary", "IndexConfig", "Flat", "IVF", "HNSW", "Settings",
            "SearchParams", "Requested", "parse_codes", "parse_index", "QUANTIZATIONS", "INDEXES", "METRICS",
-           "RANGE_STATS", "DEFAULT_OVERSAMPLE"]
+           "RANGE_STATS", "DEFAULT_OVERSAMPLE", "ORIGINALS"]
 
-QUANTIZATIONS = ("fp32", "fp16", "bf16", "int8", "int4", "pq{M}", "opq{M}", "binary")
+QUANTIZATIONS = ("fp32", "fp16", "bf16", "int8", "int4", "pq{M}", "opq{M}", "pq{M}x4fs", "rabitq", "rabitq{bits}",
+                 "binary")
 INDEXES = ("flat", "ivf{nlist}", "hnsw{M}")
 METRICS = ("cosine", "ip", "l2")
+# Precisions the originals that rescoring reads may be kept at on disk (``rescore="fp16"``):
+# low-precision codes in RAM, higher precision on disk (the originals= rows of bench/results/*/results.md).
+ORIGINALS = ("fp32", "fp16", "int8")
 # FAISS ScalarQuantizer range statistics for int8/int4. The defaults were measured by
 # bench/range_stats.py on 100K MiniLM embeddings (bench/results/range_stats.md): with 8
 # bits the full min..max range is best (recall@10 0.994 vs <= 0.991); with 4 bits the
@@ -55,6 +59,10 @@ class Codes:
     def check_dim(self, dim: int) -> None:
         """InvalidSpec if these codes cannot encode ``dim``-dim vectors."""
 
+    def code_bytes(self, dim: int) -> int:
+        """Bytes of one ``dim``-dim vector's code (without its 8-byte id)."""
+        raise NotImplementedError
+
     def factory(self) -> str:
         """The FAISS factory component for the codes."""
         raise NotImplementedError
@@ -68,6 +76,9 @@ class FloatCodes(Codes):
 
     def __str__(self) -> str:
         return self.name
+
+    def code_bytes(self, dim: int) -> int:
+        return (4 if self.name == "fp32" else 2) * dim
 
     def factory(self) -> str:
         return {"fp32": "Flat", "fp16": "SQfp16", "bf16": "SQbf16"}[self.name]
@@ -84,6 +95,9 @@ class SQ(Codes):
     def __str__(self) -> str:
         return f"int{self.bits}"
 
+    def code_bytes(self, dim: int) -> int:
+        return (self.bits * dim + 7) // 8
+
     @property
     def default_range_stat(self) -> str:
         return "minmax" if self.bits == 8 else "quantiles"
@@ -94,30 +108,74 @@ class SQ(Codes):
 
 @dataclass(frozen=True)
 class PQ(Codes):
-    """Product quantization: ``m`` sub-vectors, one byte each; ``opq`` learns a rotation first."""
+    """Product quantization: ``m`` sub-vectors, each one code of ``nbits`` bits; ``opq`` learns
+    a rotation first. 4-bit codes (``pq96x4fs``) are FAISS's fast-scan form: the distance
+    tables fit SIMD registers, training learns 16 centroids per sub-vector instead of 256."""
 
     m: int = 48
     opq: bool = False
-    train_size = 39 * 256  # FAISS asks for 39 points per centroid
+    nbits: int = 8
     min_train_size = 256
 
     def __str__(self) -> str:
-        return f"{'opq' if self.opq else 'pq'}{self.m}"
+        return f"{'opq' if self.opq else 'pq'}{self.m}" + ("x4fs" if self.fast_scan else "")
+
+    @property
+    def fast_scan(self) -> bool:
+        return self.nbits == 4
+
+    @property
+    def train_size(self) -> int:  # type: ignore[override]
+        return 39 * (1 << self.nbits)  # FAISS asks for 39 points per centroid
 
     @property
     def kind(self) -> str:
-        return "opq" if self.opq else "pq"
+        return ("opq" if self.opq else "pq") + ("x4fs" if self.fast_scan else "")
+
+    def code_bytes(self, dim: int) -> int:
+        return (self.m * self.nbits + 7) // 8
 
     def check_dim(self, dim: int) -> None:
         if dim % self.m:
-            divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= 96]
+            divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= (dim if self.fast_scan else 96)]
             raise InvalidSpec(f"{self} splits vectors into {self.m} sub-vectors, but {self.m} does not divide "
-                              f"the dimension {dim}: use pq with one of {divisors}")
+                              f"the dimension {dim}: use {self.kind.rstrip('x4fs')} with one of {divisors}")
 
     def factory(self) -> str:
+        if self.fast_scan:
+            return f"PQ{self.m}x4fs"
         # "np": no polysemous training, which the factory otherwise runs for minutes and
         # which only Hamming pre-filtering (unused here) benefits from.
         return f"PQ{self.m}np"
+
+
+@dataclass(frozen=True)
+class RaBitQ(Codes):
+    """RaBitQ (FAISS's ``IndexRaBitQ``): each vector, less the data's centre (or its IVF
+    list's centroid), is randomly rotated and kept as one sign bit per dimension plus
+    ``bits - 1`` finer bits, with per-vector correction factors (norm, and the code's
+    inner product with the vector) that make its score estimate unbiased. It learns only
+    the centre, so it trains on few vectors and never drifts with the data's scale."""
+
+    bits: int = 1
+    train_size = 1_000
+
+    def __post_init__(self):
+        _check_range("rabitq bits", self.bits, 1, 8)
+
+    def __str__(self) -> str:
+        return "rabitq" if self.bits == 1 else f"rabitq{self.bits}"
+
+    @property
+    def kind(self) -> str:
+        return "rabitq"
+
+    def code_bytes(self, dim: int) -> int:
+        # FAISS's per-vector factors: 8 bytes at 1 bit, 20 with the finer bits' own
+        return (self.bits * dim + 7) // 8 + (8 if self.bits == 1 else 20)
+
+    def factory(self) -> str:
+        return "RaBitQ" if self.bits == 1 else f"RaBitQ{self.bits}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +190,9 @@ class Binary(Codes):
     def check_dim(self, dim: int) -> None:
         if dim % 8:
             raise InvalidSpec(f"binary quantization needs a dimension divisible by 8, got {dim}")
+
+    def code_bytes(self, dim: int) -> int:
+        return dim // 8
 
     def factory(self) -> str:
         raise InvalidSpec("binary codes have no FAISS float factory: they live in IndexBinaryFlat")
@@ -154,9 +215,12 @@ def parse_codes(spec: Any) -> Codes:
     s = spec.strip().lower() if isinstance(spec, str) else None
     if s in _ALIASES:
         return _ALIASES[s]
-    m = re.fullmatch(r"(o?pq)(\d{1,4})", s or "")
+    m = re.fullmatch(r"(o?pq)(\d{1,4})(x4fs)?", s or "")
     if m and int(m.group(2)) > 0:
-        return PQ(int(m.group(2)), opq=m.group(1) == "opq")
+        return PQ(int(m.group(2)), opq=m.group(1) == "opq", nbits=4 if m.group(3) else 8)
+    m = re.fullmatch(r"rabitq(\d{0,2})", s or "")
+    if m:
+        return RaBitQ(int(m.group(1) or 1))
     raise InvalidSpec(f"unknown quantization {spec!r}: expected one of {', '.join(QUANTIZATIONS)}")
 
 
@@ -273,10 +337,14 @@ class Settings:
     model_precision: str = "fp32"  # of the model that embedded the texts (stores before it: fp32)
     rescore: bool = False
     range_stat: str = "minmax"
+    originals: str = "fp32"  # the precision originals are kept at (rescore=True); stores before it: fp32
 
     def __post_init__(self):
         _check_range("dim", self.dim, 1, 1 << 16)
         check_choices(metric=self.metric, range_stat=self.range_stat, rescore=self.rescore)
+        if not isinstance(self.rescore, bool) or self.originals not in ORIGINALS:
+            raise InvalidSpec(f"rescore must be True, False or one of {', '.join(ORIGINALS)}, got "
+                              f"rescore={self.rescore!r} originals={self.originals!r}")
         self.codes.check_dim(self.dim)
         check_pair(self.codes, self.index)
 
@@ -296,6 +364,13 @@ class Settings:
     @property
     def needs_training(self) -> bool:
         return self.train_size > 0
+
+    @property
+    def removes_in_place(self) -> bool:
+        """False: removed ids stay as tombstones until compaction. HNSW cannot remove nodes,
+        and FAISS 1.15's ``remove_ids`` on fast-scan lists (32 codes interleaved per block)
+        leaves the list damaged: the next vector added there scores as another's code."""
+        return self.index.removes_in_place and not getattr(self.codes, "fast_scan", False)
 
     @property
     def binary(self) -> bool:
@@ -331,6 +406,9 @@ def check_pair(codes: Codes, index: IndexConfig) -> None:
     if isinstance(codes, Binary) and not isinstance(index, Flat):
         raise InvalidSpec(f"binary quantization supports index='flat' only, got {index}: FAISS's binary "
                           "IVF/HNSW indexes cannot apply filters; use binary with flat, or pq/int4 with ivf/hnsw")
+    if isinstance(index, HNSW) and (isinstance(codes, RaBitQ) or getattr(codes, "fast_scan", False)):
+        raise InvalidSpec(f"{codes} codes have no HNSW form in FAISS (fast-scan PQ has none; HNSW-RaBitQ is L2 only): "
+                          f"use {codes} with flat or ivf, or int8/int4/pq{{M}} with hnsw")
 
 
 def check_choices(*, metric: Any = "cosine", range_stat: Any = "minmax", rescore: Any = False) -> None:
@@ -339,8 +417,9 @@ def check_choices(*, metric: Any = "cosine", range_stat: Any = "minmax", rescore
         raise InvalidSpec(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
     if range_stat not in RANGE_STATS:
         raise InvalidSpec(f"unknown range_stat {range_stat!r}: expected one of {', '.join(RANGE_STATS)}")
-    if not isinstance(rescore, bool):
-        raise InvalidSpec(f"rescore must be True or False, got {rescore!r}")
+    if not isinstance(rescore, bool) and rescore not in ORIGINALS:
+        raise InvalidSpec(f"rescore must be True, False or the precision of the originals kept on disk "
+                          f"({', '.join(map(repr, ORIGINALS))}), got {rescore!r}")
 
 
 @dataclass(frozen=True)
@@ -353,11 +432,16 @@ class Requested:
     @classmethod
     def parse(cls, *, quantization=None, index=None, metric=None, model=None, rescore=None, dim=None,
               range_stat=None) -> Requested:
+        check_choices(**{k: v for k, v in (("metric", metric), ("range_stat", range_stat), ("rescore", rescore))
+                         if v is not None})
+        # rescore="fp16" is rescore=True with originals at fp16; True alone takes the store's
+        # precision (fp32 for a new store)
+        originals = rescore if isinstance(rescore, str) else None
         given = {"quantization": None if quantization is None else str(parse_codes(quantization)),
                  "index": None if index is None else str(parse_index(index)), "metric": metric, "model": model,
-                 "rescore": rescore, "dim": dim, "range_stat": range_stat}
+                 "rescore": None if rescore is None else bool(rescore), "originals": originals, "dim": dim,
+                 "range_stat": range_stat}
         req = cls({k: v for k, v in given.items() if v is not None})
-        check_choices(**{k: req.given[k] for k in ("metric", "range_stat", "rescore") if k in req.given})
         check_pair(parse_codes(req.given.get("quantization", "int8")), parse_index(req.given.get("index", "flat")))
         if dim is not None:
             req.settings(dim, "fp32")  # the dimension-dependent checks too
@@ -369,7 +453,8 @@ class Requested:
         return Settings(dim=dim, codes=codes, index=parse_index(r.get("index", "flat")),
                         metric=r.get("metric", "cosine"), model=r.get("model", default_model),
                         model_precision=model_precision, rescore=r.get("rescore", False),
-                        range_stat=r.get("range_stat") or getattr(codes, "default_range_stat", "minmax"))
+                        range_stat=r.get("range_stat") or getattr(codes, "default_range_stat", "minmax"),
+                        originals=r.get("originals", "fp32"))
 
     def conflicts(self, stored: Settings) -> list[str]:
         """``key=value (store has ...)`` for each given setting the stored ones differ from."""

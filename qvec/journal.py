@@ -162,16 +162,17 @@ class Journal:
         if self._originals is None or self._originals.path != path or self._originals.dim != self.settings.dim:
             if self._originals is not None:
                 self._originals.close()
-            self._originals = Originals(path, self.settings.dim)
+            self._originals = Originals(path, self.settings.dim, precision=self.settings.originals)
         return self._originals
 
     def stored_vectors(self, fids: np.ndarray) -> np.ndarray:
         """The vectors of fids as stored: the FP32 originals when kept (rescore=True), the exact
-        vectors while untrained, else decoded from the codes (lossy; binary codes cannot be)."""
+        vectors while untrained, else decoded from the codes (lossy; binary and RaBitQ codes cannot be)."""
         if self.settings.rescore:
             return self.originals.read(fids)
         if not self.index.decodable:
-            raise InvalidInput("binary codes cannot be decoded to vectors: keep originals with rescore=True")
+            raise InvalidInput(f"{self.settings.codes} codes cannot be decoded to vectors: keep originals with "
+                               "rescore=True")
         return self.index.reconstruct(fids).astype(np.float32, copy=False)
 
     def index_file_bytes(self) -> int:
@@ -301,7 +302,9 @@ class Journal:
         n, first = len(ids), self.state["next_fid"]
         fids = np.arange(first, first + n, dtype=np.int64)
         if settings.rescore:
-            (self.originals if self.settings else Originals(self.path / ORIGINALS_FILE, settings.dim)).write(first, x)
+            originals = self.originals if self.settings else \
+                Originals(self.path / ORIGINALS_FILE, settings.dim, precision=settings.originals)
+            originals.write(first, x)
         index = empty_index(settings) if first_batch else self.index
         with self.catalog.transaction():
             if first_batch:
@@ -371,7 +374,8 @@ class Journal:
         fresh = self.index.emptied() if rebuild else self.index.renumbered(live)
         originals = None
         if self.settings.rescore:
-            originals = Originals(self.path / f"originals-{uuid.uuid4().hex[:8]}.f32", self.settings.dim)
+            originals = Originals(self.path / f"originals-{uuid.uuid4().hex[:8]}.f32", self.settings.dim,
+                                  precision=self.settings.originals)
         try:
             for a in range(0, len(live) if rebuild or originals else 0, CHUNK):
                 x = vectors_of(live[a : a + CHUNK])

@@ -1,6 +1,16 @@
-"""The original FP32 vectors, kept on disk for rescoring: row ``fid`` of a flat float32
-file. Rows are written before the SQLite commit that makes them visible, so a committed
-row always has its original; rows past the last commit are overwritten by the next add.
+"""The original vectors, kept on disk for rescoring: row ``fid`` of a flat file of
+fixed-size rows. Rows are written before the SQLite commit that makes them visible, so a
+committed row always has its original; rows past the last commit are overwritten by the
+next add.
+
+A row is kept at the store's originals precision (``rescore="fp32" | "fp16" | "int8"``):
+FP32 as given (4 bytes a dimension); FP16 (2); or INT8 with the row's own scale, its
+largest magnitude over 127, in a float32 before the codes (1 byte a dimension + 4). A
+per-row scale follows each vector's own range, so no training is needed before the first
+row is written, and rescoring's error stays far below the gap between neighbours
+(the ``originals=`` rows of bench/results/{gcide,fortunes}/results.md). Rows are
+padded to whole 32-bit words, which the checksum reads. The file keeps its historical
+name, ``originals.f32``, at every precision.
 
 Rescoring reads a few dozen scattered rows per query. They are read with ``pread``, one
 call per run of consecutive rows, after telling the kernel which ranges are coming
@@ -31,12 +41,15 @@ from .errors import CorruptStore
 
 DENSE = 8  # a read of at least one row in DENSE of the file goes through a memory map
 
-__all__ = ["Originals"]
+__all__ = ["Originals", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def row_sums(x: np.ndarray) -> np.ndarray:
-    """The checksum of each row: its 32-bit words times odd weights, summed modulo 2**32."""
-    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    """The checksum of each row: its 32-bit words times odd weights, summed modulo 2**32.
+    ``x`` is float32 rows, or stored rows as bytes (a whole number of words each)."""
+    words = np.ascontiguousarray(x).view(np.uint32)
     weights = np.arange(1, 2 * words.shape[1], 2, dtype=np.uint32)
     return np.einsum("ij,j->i", words, weights)  # wraps modulo 2**32; 4x faster than multiply-then-sum
 
@@ -52,12 +65,44 @@ def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:
         os.close(fd)
 
 
+def row_bytes(dim: int, precision: str = "fp32") -> int:
+    """Bytes one stored row takes at ``precision``, padded to whole 32-bit words."""
+    raw = {"fp32": 4 * dim, "fp16": 2 * dim, "int8": 4 + dim}[precision]
+    return -(-raw // 4) * 4
+
+
+def encode_rows(x: np.ndarray, precision: str) -> np.ndarray:
+    """float32 rows as stored rows: (n, row_bytes) uint8, or the float32 rows themselves."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if precision == "fp32":
+        return x
+    n, dim = x.shape
+    out = np.zeros((n, row_bytes(dim, precision)), np.uint8)
+    if precision == "fp16":
+        out[:, : 2 * dim] = x.astype(np.float16).view(np.uint8)
+        return out
+    scale = np.abs(x).max(axis=1) / 127
+    scale[scale == 0] = 1  # a zero row: any scale decodes it to zeros
+    out[:, :4] = scale.astype(np.float32)[:, None].view(np.uint8)
+    out[:, 4 : 4 + dim] = np.rint(x / scale[:, None]).astype(np.int8).view(np.uint8)
+    return out
+
+
+def decode_rows(raw: np.ndarray, dim: int, precision: str) -> np.ndarray:
+    """Stored rows (n, row_bytes) uint8 back to (n, dim) float32."""
+    if precision == "fp16":
+        return raw[:, : 2 * dim].copy().view(np.float16).astype(np.float32)
+    scale = raw[:, :4].copy().view(np.float32)
+    return raw[:, 4 : 4 + dim].view(np.int8).astype(np.float32) * scale
+
+
 class Originals:
-    def __init__(self, path: Path, dim: int, *, verify: bool = True):
+    def __init__(self, path: Path, dim: int, *, precision: str = "fp32", verify: bool = True):
         self.path = Path(path)
         self.sums = self.path.with_name(self.path.name + ".sum")
         self.dim = dim
-        self.row_bytes = 4 * dim
+        self.precision = precision
+        self.row_bytes = row_bytes(dim, precision)
         self.verify = verify  # False only to measure what checking costs
         self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
         self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
@@ -83,7 +128,7 @@ class Originals:
     def write(self, first_fid: int, x: np.ndarray) -> None:
         """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
         checksums, each fsync'd."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = encode_rows(x, self.precision)
         _pwrite_all(self.path, memoryview(x).cast("B"), first_fid * self.row_bytes)
         _pwrite_all(self.sums, memoryview(row_sums(x)).cast("B"), first_fid * 4)
 
@@ -91,9 +136,11 @@ class Originals:
         """Rows fids (any order, repeats allowed) as an (n, dim) float32 array."""
         fids = np.asarray(fids, dtype=np.int64).reshape(-1)
         rows, inverse = np.unique(fids, return_inverse=True)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        fp32 = self.precision == "fp32"
+        out = np.empty((len(rows), self.dim) if fp32 else (len(rows), self.row_bytes),
+                       dtype=np.float32 if fp32 else np.uint8)
         if not len(rows):
-            return out
+            return out if fp32 else np.zeros((0, self.dim), np.float32)
         pinned = self._fds is not None
         fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY) if self.path.exists() else -1
         try:
@@ -113,6 +160,8 @@ class Originals:
                 os.close(fd)
         if self.verify:
             self._check(rows, out)
+        if not fp32:
+            out = decode_rows(out, self.dim, self.precision)
         if len(rows) == len(fids) and np.array_equal(rows, fids):
             return out  # asked in order without repeats: no copy
         return out[inverse.reshape(-1)]
@@ -151,7 +200,7 @@ class Originals:
         """Most pages hold a wanted row (a big batch's candidates): one pass through a
         memory map, with the kernel's read-ahead, beats a pair of calls per run."""
         with mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ) as mm:
-            rowsview = np.frombuffer(mm, np.float32).reshape(stored, self.dim)
+            rowsview = np.frombuffer(mm, out.dtype).reshape(stored, -1)
             np.take(rowsview, rows, axis=0, out=out)
             del rowsview
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import CorruptStore
+from .originals import row_bytes
 
 __all__ = ["Hit", "Item", "Stats", "metadata_of"]
 
@@ -49,6 +50,7 @@ class Stats:
     query_model_precision: str | None = None  # this Store embeds queries at
     model_precision_mismatch: bool = False
     rescore: bool | None = None
+    originals: str | None = None  # the precision rescoring's originals are kept at on disk
     range_stat: str | None = None  # int8/int4 only
     trained: bool = False
     pending_untrained: int = 0  # vectors searched exactly until the codes are trained
@@ -79,10 +81,12 @@ class Stats:
         return cls(**base, dim=s.dim, quantization=str(s.codes), index=str(s.index), metric=s.metric, model=s.model,
                    model_precision=s.model_precision, query_model_precision=query_model_precision,
                    model_precision_mismatch=query_model_precision != s.model_precision, rescore=s.rescore,
+                   originals=s.originals if s.rescore else None,
                    range_stat=s.range_stat if s.codes.kind in ("int8", "int4") else None,
                    trained=index.is_trained, pending_untrained=0 if index.is_trained else index.ntotal,
                    tombstones=len(index.tombstones), log_rows=log_rows, fp32_bytes_per_vector=4 * s.dim,
-                   dead_ids=next_fid - count, dead_original_bytes=(next_fid - count) * 4 * s.dim if s.rescore else 0,
+                   dead_ids=next_fid - count,
+                   dead_original_bytes=(next_fid - count) * row_bytes(s.dim, s.originals) if s.rescore else 0,
                    disk_bytes=disk | {"total": sum(disk.values())},
                    trained_parameters=index.trained_parameters() if index.is_trained else {})
 

@@ -43,14 +43,18 @@ EXACT_FILTER_ROWS = 4096
 
 
 def open(path: str | os.PathLike, *, quantization: str | None = None, index: str | None = None,
-         metric: str | None = None, model: str | None = None, rescore: bool | None = None, dim: int | None = None,
+         metric: str | None = None, model: str | None = None, rescore: bool | str | None = None,
+         dim: int | None = None,
          range_stat: str | None = None, model_precision: str | None = None, embedder: Embedder | None = None,
          create: bool = True, read_only: bool = False, lock_timeout: float | None = 0) -> Store:
     """Create the store at ``path``, or reopen it. Every argument is checked here.
 
     Defaults when creating: quantization="int8", index="flat", metric="cosine",
     model="all-MiniLM-L6-v2", rescore=False; dim comes from the first vectors added (or the
-    model). When reopening, settings come from the store; one given that differs is a
+    model). ``rescore=True`` keeps the original vectors on disk (FP32) and re-ranks each
+    search's ``k × oversample`` candidates by their exact scores; ``rescore="fp16"`` or
+    ``"int8"`` keeps them at that precision instead (half or a quarter of the disk).
+    When reopening, settings come from the store; one given that differs is a
     ``SettingsConflict``. ``embedder`` injects any ``qvec.embedder.Embedder``.
 
     One process at a time may open a store for writing: another ``open`` gets ``StoreLocked``
@@ -331,12 +335,13 @@ class Store:
         """Exact over a small filter's rows; else the index, re-ranked from originals when kept."""
         s, index = self.settings, self.journal.index
         k = min(k, max(1, index.ntotal))  # k past the count asks for every row, and no room beyond
-        if allowed is not None and len(allowed) <= EXACT_FILTER_ROWS and index.decodable:
+        if allowed is not None and len(allowed) <= EXACT_FILTER_ROWS:
             if s.rescore:
                 return exact_search(xq, self.journal.originals.read(allowed), allowed, k, s.metric)
-            if not index.is_ivf:
+            if index.decodable and not index.is_ivf:
                 return exact_search(xq, index.reconstruct(allowed), allowed, k, s.metric)
-            p = SearchParams(nprobe=index.nlist, oversample=p.oversample)  # every list, only allowed codes scored
+            if index.is_ivf:
+                p = SearchParams(nprobe=index.nlist, oversample=p.oversample)  # every list, only allowed codes scored
         rescoring = s.rescore and index.is_trained
         D, I = index.search(xq, k * p.oversample if rescoring else k, allowed=allowed, params=p)
         return rescore(xq, I, k, self.journal.originals.read, s.metric) if rescoring else (D, I)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from qvec import InvalidInput, InvalidSpec
 from qvec.bench import Config, default_sweep, pareto
 from qvec.cli import main
+from qvec.config import parse_codes
 from qvec.formats import read_ann_hdf5, read_vectors, write_vecs
 from qvec.metrics import exact_knn
 
@@ -53,7 +54,10 @@ def test_default_sweep_fits_any_dimension(dim):
     configs = default_sweep(dim, 100_000)
     for c in configs:
         if c.quantization.startswith(("pq", "opq")):
-            assert dim % int(c.quantization.lstrip("opq")) == 0
+            parse_codes(c.quantization).check_dim(dim)  # InvalidSpec unless M divides dim
+    assert {parse_codes(c.quantization).kind for c in configs} >= {
+        "fp32", "fp16", "bf16", "int8", "int4", "pq", "opq", "pqx4fs", "rabitq", "binary"}  # every family
+    assert {c.originals for c in configs if c.rescore} == {"fp32", "fp16", "int8"}
     assert Config("fp32") in configs and Config("int8") in configs
     assert any(c.index.startswith("ivf") for c in configs) and any(c.rescore for c in configs)
 
@@ -61,8 +65,12 @@ def test_default_sweep_fits_any_dimension(dim):
 def test_quick_sweep_keeps_one_point_per_step_and_skips_slow_training():
     full, quick = default_sweep(384, 100_000), default_sweep(384, 100_000, quick=True)
     assert set(quick) <= set(full) and len(quick) < len(full)
-    kinds = {c.quantization.rstrip("0123456789") for c in quick}
-    assert kinds == {"fp", "int", "pq", "binary"}  # fp32/fp16, int8/int4, pq, binary
+    # a configuration at each budget step (RAM bytes per 384-d vector, 8 of them the id), with and without rescoring
+    code_bytes = {c: parse_codes(c.quantization).code_bytes(384) for c in quick}
+    for budget in (776, 392, 200, 100, 56):
+        fits = [c for c in quick if code_bytes[c] + 8 <= budget and code_bytes[c] + 8 > budget / 2.5]
+        assert any(not c.rescore for c in fits), budget
+        assert budget > 392 or any(c.rescore for c in fits), budget
     assert not any(c.quantization.startswith("opq") or c.index.startswith("ivf") for c in quick)
     assert Config("int8") in quick and any(c.rescore for c in quick)
 

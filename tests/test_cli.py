@@ -206,3 +206,18 @@ def test_search_with_a_huge_k_returns_every_row(runner, tmp_path, vectors_file, 
     r = runner.invoke(main, ["search", store, "how do I open a file?", "-k", "1000000000", "--json"])
     assert r.exit_code == 0, r.output
     assert len(r.output.splitlines()) == 300  # one hit per row; no room made for 10**9
+
+
+def test_build_keeps_originals_at_the_precision_asked_and_info_says_so(runner, tmp_path, vectors_file):
+    store = str(tmp_path / "v.qvec")
+    r = runner.invoke(main, ["build", store, str(vectors_file), "-q", "fp16", "--rescore", "int8"])
+    assert r.exit_code == 0, r.output
+    info = runner.invoke(main, ["info", store])
+    assert "rescore from int8 originals" in info.output
+    assert "originals 117,600 B" in info.output  # 300 rows × (384 + a 4-byte scale + a 4-byte checksum)
+    again = runner.invoke(main, ["build", store, str(vectors_file), "--rescore"])  # alone: the store's precision
+    assert again.exit_code == 0, again.output
+    clash = runner.invoke(main, ["build", store, str(vectors_file), "--rescore", "fp32"])
+    assert clash.exit_code == 1 and "originals='fp32' (store has 'int8')" in clash.output
+    bad = runner.invoke(main, ["build", store, str(vectors_file), "--rescore", "int4"])
+    assert bad.exit_code == 2 and "'int4' is not one of" in bad.output

@@ -53,3 +53,31 @@ def test_short_reads_and_writes_are_completed(tmp_path, monkeypatch):
     assert os.path.getsize(o.path) == X.nbytes
     assert np.array_equal(o.read(np.arange(len(X))), X)
     assert np.array_equal(o.read([299, 3, 4, 3]), X[[299, 3, 4, 3]])
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp16", 1e-3), ("int8", 1 / 127)])
+def test_lower_precision_rows_come_back_within_their_rounding(tmp_path, precision, tolerance):
+    x = np.vstack([X, np.zeros((1, 8), np.float32)])  # a zero row has no range to scale by
+    o = Originals(tmp_path / "originals.f32", 8, precision=precision)
+    o.write(0, x)
+    assert os.path.getsize(o.path) == len(x) * {"fp16": 16, "int8": 12}[precision]
+    got = o.read(np.array([300, 299, 3, 4, 3]))
+    want = x[[300, 299, 3, 4, 3]]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    # fp16: relative rounding; int8: half a step of the row's own scale (its largest magnitude / 127)
+    bound = tolerance * (np.abs(want) if precision == "fp16" else np.abs(want).max(1, keepdims=True))
+    assert np.all(np.abs(got - want) <= bound + 1e-7) and not got[0].any()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_flipped_byte_in_a_lower_precision_row_is_caught(tmp_path, precision):
+    o = Originals(tmp_path / "originals.f32", 8, precision=precision)
+    o.write(0, X)
+    with open(o.path, "r+b") as f:
+        f.seek(5 * o.row_bytes + 2)
+        byte = f.read(1)
+        f.seek(5 * o.row_bytes + 2)
+        f.write(bytes([byte[0] ^ 0x10]))
+    assert np.allclose(o.read([4, 6]), X[[4, 6]], atol=0.05)
+    with pytest.raises(CorruptStore, match="row 5 fails its checksum"):
+        o.read([4, 5])

@@ -83,7 +83,7 @@ sys.exit(1 if errors else 0)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quantization,index", [("int8", "ivf64"), ("int8", "flat"), ("pq8", "flat"),
-                                                 ("fp16", "hnsw16"), ("opq8", "ivf16")])
+                                                 ("fp16", "hnsw16"), ("opq8", "ivf16"), ("pq16x4fs", "ivf16")])
 def test_vectors_from_many_threads_on_every_index_kind(tmp_path, quantization, index):
     """In a child process: the old IVF path switched the direct map on and off under the
     read lock, and four threads crashed the process (SIGSEGV)."""
@@ -248,7 +248,7 @@ def test_a_killed_retrain_leaves_the_old_codes_or_the_new(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"metric": "cosin"}, "unknown metric 'cosin'"),
     ({"range_stat": "max"}, "unknown range_stat 'max'"),
-    ({"rescore": "yes"}, "rescore must be True or False"),
+    ({"rescore": "yes"}, "rescore must be True, False or the precision"),
     ({"dim": "64"}, "dim must be an integer"),
     ({"dim": 60, "quantization": "pq16"}, "16 does not divide the dimension 60"),
     ({"index": "ivf0"}, "nlist must be an integer from 1"),

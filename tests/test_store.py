@@ -11,14 +11,15 @@ from qvec.metrics import exact_knn, recall_at_k
 
 KINDS = [
     (q, ix)
-    for q in ("fp32", "fp16", "bf16", "int8", "int4", "pq48", "opq16", "binary")
+    for q in ("fp32", "fp16", "bf16", "int8", "int4", "pq48", "opq16", "binary", "rabitq", "rabitq4", "pq96x4fs")
     for ix in ("flat", "ivf16", "hnsw16")
-    if not (q == "binary" and ix != "flat")
+    if not (q == "binary" and ix != "flat") and not (q in ("rabitq", "rabitq4", "pq96x4fs") and ix == "hnsw16")
 ]
 # recall@10 against exact FP32 that each code must reach on this corpus (measured
-# 640 docs / 60 queries: int8 0.99+, int4 ~0.95, pq48 ~0.82-0.87, binary ~0.65).
+# 640 docs / 60 queries: int8 0.99+, int4 ~0.95, pq48 ~0.82-0.87, binary ~0.65; rabitq
+# ~0.83, rabitq4 ~0.96, pq96x4fs ~0.78 on 1,400 pydoc paragraphs).
 FLOOR = {"fp32": 0.98, "fp16": 0.98, "bf16": 0.98, "int8": 0.97, "int4": 0.9, "pq48": 0.75, "opq16": 0.5,
-         "binary": 0.55}
+         "binary": 0.55, "rabitq": 0.7, "rabitq4": 0.9, "pq96x4fs": 0.65}
 
 
 def ids_of(results):
@@ -54,6 +55,8 @@ def test_reopen_gives_identical_results_and_recall(tmp_path, data, quantization,
     assert recall_at_k(rows(after), gt, 10) >= FLOOR[quantization]
     assert stats.count == len(xb) and stats.dim == 384 and stats.trained
     assert stats.bytes_per_vector > 0
+    if index == "flat":  # the code, its 8-byte id, and (fast-scan) blocks of 32 padded
+        assert abs(stats.bytes_per_vector - qvec.config.parse_codes(quantization).code_bytes(384) - 8) < 1
 
 
 @pytest.mark.parametrize("quantization,index", KINDS)
@@ -85,7 +88,8 @@ def test_filters_return_only_matches_and_k_of_them(tmp_path, data, quantization,
 def test_upsert_and_delete_survive_reopen(tmp_path, data, quantization, index):
     xb, xq, ids, meta = data
     path = tmp_path / "s"
-    with qvec.open(path, quantization=quantization, index=index, rescore=quantization in ("pq48", "opq16")) as store:
+    rescore = quantization in ("pq48", "opq16", "pq96x4fs")  # codes too coarse to rank an exact copy first
+    with qvec.open(path, quantization=quantization, index=index, rescore=rescore) as store:
         store.add(vectors=xb, ids=ids, metadata=meta)
         store.train()
         gone = [h.id for h in store.search(xq[0], 5)]
@@ -109,9 +113,12 @@ def test_upsert_and_delete_survive_reopen(tmp_path, data, quantization, index):
         check(store)
 
 
-def test_hnsw_tombstones_compact_and_stay_correct(tmp_path, data):
+@pytest.mark.parametrize("quantization, index, floor", [("int8", "hnsw16", 0.95), ("pq96x4fs", "flat", 0.65),
+                                                        ("pq96x4fs", "ivf16", 0.6)])
+def test_tombstones_compact_and_stay_correct(tmp_path, data, quantization, index, floor):
+    """HNSW graphs and fast-scan lists keep removed ids as tombstones until compaction."""
     xb, xq, ids, meta = data
-    with qvec.open(tmp_path / "s", quantization="int8", index="hnsw16") as store:
+    with qvec.open(tmp_path / "s", quantization=quantization, index=index) as store:
         store.add(vectors=xb, ids=ids)
         store.train()
         store.delete(ids[:300])
@@ -121,7 +128,26 @@ def test_hnsw_tombstones_compact_and_stay_correct(tmp_path, data):
         hits = store.search_batch(xq, 10)
         assert all(int(h.id) >= 300 for r in hits for h in r)
         _, gt = exact_knn(xb[300:], xq, 10)
-        assert recall_at_k(rows(hits), gt + 300, 10) >= 0.95
+        assert recall_at_k(rows(hits), gt + 300, 10) >= floor
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf16"])
+def test_rabitq_codes_are_not_decoded_but_filters_and_originals_work(tmp_path, data, index):
+    """FAISS decodes RaBitQ from its sign bits alone: vectors come from the originals or not at all."""
+    xb, xq, ids, meta = data
+    with qvec.open(tmp_path / "codes", quantization="rabitq4", index=index) as store:
+        store.add(vectors=xb, ids=ids, metadata=meta)
+        store.train()
+        with pytest.raises(qvec.InvalidInput, match="rabitq4 codes cannot be decoded to vectors: keep originals"):
+            store.vectors(ids[:2])
+        few = store.search_batch(xq[:5], 5, where={"topic": 3}, nprobe=16)  # 64 rows: through the index
+        allowed = np.flatnonzero(np.arange(len(xb)) % 10 == 3)
+        _, gt = exact_knn(xb[allowed], xq[:5], 5)
+        assert recall_at_k(np.array([[int(h.id) for h in r] for r in few]), allowed[gt], 5) >= 0.8
+    with qvec.open(tmp_path / "originals", quantization="rabitq4", index=index, rescore="fp16") as store:
+        store.add(vectors=xb, ids=ids)
+        store.train()
+        np.testing.assert_allclose(store.vectors(ids[:2]), xb[:2], atol=1e-3)
 
 
 def test_rescore_recovers_pq_recall(tmp_path, data):
@@ -136,6 +162,36 @@ def test_rescore_recovers_pq_recall(tmp_path, data):
             if rescore:
                 assert store.stats().disk_bytes["originals"] == xb.nbytes + 4 * len(xb)  # rows + checksums
     assert recall[True] >= 0.98 and recall[True] > recall[False] + 0.05
+
+
+def test_originals_at_lower_precision_rescore_as_well_and_persist(tmp_path, data):
+    xb, xq, ids, meta = data
+    _, gt = exact_knn(xb, xq, 10)
+    with qvec.open(tmp_path / "s", quantization="pq48", rescore=True) as store:
+        store.add(vectors=xb, ids=ids)
+        store.train()
+        fp32 = recall_at_k(rows(store.search_batch(xq, 10, oversample=4)), gt, 10)
+    for precision, row in (("fp16", 768), ("int8", 388)):
+        path = tmp_path / precision
+        with qvec.open(path, quantization="pq48", rescore=precision) as store:
+            store.add(vectors=xb, ids=ids, metadata=meta)
+            store.train()
+            got = recall_at_k(rows(store.search_batch(xq, 10, oversample=4)), gt, 10)
+            st = store.stats()
+            assert st.rescore and st.originals == precision
+            assert st.disk_bytes["originals"] == len(xb) * (row + 4)  # rows + checksums
+            assert abs(got - fp32) <= 0.01
+            np.testing.assert_allclose(store.vectors(ids[:3]), xb[:3], atol=0.002)
+            store.delete(ids[:2])
+            assert store.stats().dead_original_bytes == 2 * row
+        with qvec.open(path, rescore=True) as store:  # True: whatever precision the store keeps
+            assert store.stats().originals == precision
+            assert recall_at_k(rows(store.search_batch(xq, 10, oversample=4)), gt, 10) >= got - 0.02
+            store.checkpoint(compact=True)  # the compacted originals keep the precision
+            assert store.stats().disk_bytes["originals"] == (len(xb) - 2) * (row + 4)
+            np.testing.assert_allclose(store.vectors(ids[2:5]), xb[2:5], atol=0.002)
+        with pytest.raises(qvec.SettingsConflict, match="originals="):
+            qvec.open(path, rescore="fp32")
 
 
 def test_untrained_store_searches_exactly_then_trains_automatically(tmp_path, data):
