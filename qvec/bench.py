@@ -421,8 +421,9 @@ def plot(result: dict, path: Path) -> None:
     records, ds = result["records"], result["dataset"]
     fp32 = 4 * ds["dim"]
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    rescored = "codes + rescore from originals on disk (FP32, FP16 or INT8)"
     for rescore, marker, color, label in ((False, "o", "tab:blue", "codes only (RAM)"),
-                                          (True, "^", "tab:orange", "codes + rescore from FP32 originals on disk")):
+                                          (True, "^", "tab:orange", rescored)):
         pts = [r for r in records if r["rescore"] == rescore]
         if pts:
             ax.scatter([r["bytes_per_vector"] for r in pts], [r["recall_at_10"] for r in pts], marker=marker, s=42,
