@@ -67,6 +67,10 @@ class Codes:
         """The FAISS factory component for the codes."""
         raise NotImplementedError
 
+    def pretransform(self, dim: int) -> str:
+        """The FAISS factory component that transforms vectors before indexing ("" for none)."""
+        return ""
+
 
 @dataclass(frozen=True)
 class FloatCodes(Codes):
@@ -136,10 +140,25 @@ class PQ(Codes):
         return (self.m * self.nbits + 7) // 8
 
     def check_dim(self, dim: int) -> None:
-        if dim % self.m:
+        if self.m > dim:
+            raise InvalidSpec(f"{self} splits vectors into {self.m} sub-vectors, more than their {dim} dimensions")
+        if dim % self.m and not self.opq:
             divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= (dim if self.fast_scan else 96)]
             raise InvalidSpec(f"{self} splits vectors into {self.m} sub-vectors, but {self.m} does not divide "
-                              f"the dimension {dim}: use {self.kind.rstrip('x4fs')} with one of {divisors}")
+                              f"the dimension {dim}: use {self.kind.rstrip('x4fs')} with one of {divisors}, or "
+                              f"opq{self.m}{'x4fs' if self.fast_scan else ''}, whose rotation keeps "
+                              f"{self.rotated_dim(dim)} dimensions")
+
+    def rotated_dim(self, dim: int) -> int:
+        """The dimensions OPQ rotates to: all of them, or the most that ``m`` sub-vectors of
+        equal size take (``opq92`` on 384 dims: 368, 92 sub-vectors of 4)."""
+        return self.m * (dim // self.m)
+
+    def pretransform(self, dim: int) -> str:
+        if not self.opq:
+            return ""
+        d_out = self.rotated_dim(dim)
+        return f"OPQ{self.m}," if d_out == dim else f"OPQ{self.m}_{d_out},"
 
     def factory(self) -> str:
         if self.fast_scan:
@@ -237,7 +256,7 @@ class IndexConfig:
     def kind(self) -> str:
         return re.sub(r"\d+$", "", str(self))
 
-    def factory(self, codes: Codes) -> str:
+    def factory(self, codes: Codes, dim: int) -> str:
         raise NotImplementedError
 
 
@@ -248,10 +267,10 @@ class Flat(IndexConfig):
     def __str__(self) -> str:
         return "flat"
 
-    def factory(self, codes: Codes) -> str:
+    def factory(self, codes: Codes, dim: int) -> str:
         # Flat PQ/OPQ is a one-list IVF: the same codes, and IVF search honours an ID
         # selector where flat IndexPQ does not.
-        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+        pre = codes.pretransform(dim)
         return f"{pre}IVF1,{codes.factory()}" if isinstance(codes, PQ) else codes.factory()
 
 
@@ -281,8 +300,8 @@ class IVF(IndexConfig):
         # recall@10 above 0.9 on MiniLM embeddings (bench/results/).
         return min(self.nlist, max(8, self.nlist // 32))
 
-    def factory(self, codes: Codes) -> str:
-        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+    def factory(self, codes: Codes, dim: int) -> str:
+        pre = codes.pretransform(dim)
         return f"{pre}IVF{self.nlist},{codes.factory()}"
 
 
@@ -300,8 +319,8 @@ class HNSW(IndexConfig):
     def __str__(self) -> str:
         return f"hnsw{self.m}"
 
-    def factory(self, codes: Codes) -> str:
-        pre = f"OPQ{codes.m}," if isinstance(codes, PQ) and codes.opq else ""
+    def factory(self, codes: Codes, dim: int) -> str:
+        pre = codes.pretransform(dim)
         return f"{pre}HNSW{self.m}" + ("" if str(codes) == "fp32" else f",{codes.factory()}")
 
 
@@ -386,7 +405,7 @@ class Settings:
 
     def factory(self) -> str:
         """The FAISS index_factory string (binary stores use IndexBinaryFlat instead)."""
-        return self.index.factory(self.codes)
+        return self.index.factory(self.codes, self.dim)
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -571,5 +571,5 @@ class VectorIndex:
             out["rabitq"] = {"bits": int(rabitq.nb_bits), "query_bits": int(inner.qb),
                              "centre": [s.dim] if isinstance(inner, faiss.IndexRaBitQ) else "per IVF list"}
         if s.codes.kind.startswith("opq"):
-            out["opq_rotation"] = [s.dim, s.dim]
+            out["opq_rotation"] = [s.codes.rotated_dim(s.dim), s.dim]
         return out

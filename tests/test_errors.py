@@ -163,8 +163,11 @@ def test_unknown_specs_list_the_valid_ones(tmp_path):
         qvec.open(tmp_path / "a", quantization="int3")
     with pytest.raises(qvec.InvalidSpec, match="e.g. ivf1024 or hnsw32"):
         qvec.open(tmp_path / "b", index="lsh")
-    with pytest.raises(qvec.InvalidSpec, match="does not divide the dimension 384: use pq with one of"):
+    with pytest.raises(qvec.InvalidSpec, match="does not divide the dimension 384: use pq with one of .*, or "
+                                              "opq40, whose rotation keeps 360 dimensions"):
         qvec.open(tmp_path / "c", quantization="pq40", dim=384)
+    with pytest.raises(qvec.InvalidSpec, match="400 sub-vectors, more than their 384 dimensions"):
+        qvec.open(tmp_path / "c", quantization="opq400", dim=384)
     assert parse_codes("PQ48") == PQ(48) and parse_index("hnsw") == HNSW(32)
 
 
