@@ -31,6 +31,7 @@ import sqlite_utils
 
 from .errors import CorruptStore, DuplicateId, IdNotFound, IncompatibleStore, QvecError, StoreLocked, StoreNotFound
 from .filters import evaluate, index_entries
+from .idmap import IdMap
 from .inputs import id_list
 
 __all__ = ["Catalog", "FORMAT_VERSION"]
@@ -63,6 +64,11 @@ class Catalog:
         self.path = str(path)
         self._snapshot_version: int | None = None
         self._holding = False
+        # fid -> id in RAM, built on the first search that needs it (``id_map``); the rows a
+        # transaction inserts and deletes reach it when it commits.
+        self._id_map: IdMap | None = None
+        self._id_map_version: int | None = None
+        self._pending: list[tuple] | None = None  # the open transaction's changes to items
         try:
             # Freed pages (the log empties at every checkpoint) go back to the file system.
             # Takes effect only on a new database, and only before the journal mode is set.
@@ -143,12 +149,41 @@ class Catalog:
     @contextmanager
     def transaction(self):
         self.conn.execute("BEGIN IMMEDIATE")
+        self._pending = []
         try:
             yield
         except BaseException:
+            self._pending = None
             self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._id_map = None  # committed or not: build the map again from what SQLite holds
+            raise
+        finally:
+            pending, self._pending = self._pending, None
+        self._apply(pending)
+
+    def _changed(self, *change) -> None:
+        if self._pending is None:  # outside a transaction (SQLite commits it at once)
+            self._id_map = None
+        else:
+            self._pending.append(change)
+
+    def _apply(self, pending: list[tuple]) -> None:
+        """Bring the id map to what the transaction just committed."""
+        m = self._id_map
+        if m is None:
+            return
+        for change in pending:
+            if change[0] == "insert":
+                m.add(*change[1:])
+            elif change[0] == "delete":
+                m.remove(change[1])
+            else:  # renumbered
+                self._id_map = None
+                return
 
     def hold_snapshot(self) -> None:
         """Open a read transaction and keep it: every read sees this state until
@@ -157,6 +192,8 @@ class Catalog:
         self.conn.execute("SELECT count(*) FROM state").fetchone()  # the snapshot starts at the first read
         self._snapshot_version = self.data_version()
         self._holding = True
+        if self._id_map_version != self._snapshot_version:  # another connection committed since it was built
+            self._id_map = None
 
     def release_snapshot(self) -> None:
         if self._holding:
@@ -191,6 +228,7 @@ class Catalog:
             self.conn.execute(f"UPDATE {table} SET fid = -1 - (SELECT new FROM remap WHERE old = {table}.fid)")
             self.conn.execute(f"UPDATE {table} SET fid = -1 - fid")
         self.conn.execute("DELETE FROM remap")
+        self._changed("renumber")
 
     def delete_state(self, keys: list[str]) -> None:
         self.conn.executemany("DELETE FROM state WHERE key = ?", ((k,) for k in keys))
@@ -209,11 +247,13 @@ class Catalog:
         kv = [(key, t, v, fid) for fid, m in zip(fids, metas) if m is not None
               for key, t, v in index_entries(json.loads(m))]
         self.conn.executemany("INSERT OR IGNORE INTO meta_kv (key, type, value, fid) VALUES (?, ?, ?, ?)", kv)
+        self._changed("insert", np.array(fids, dtype=np.int64), list(ids))
 
     def delete(self, fids) -> None:
         rows = [(int(f),) for f in fids]
         self.conn.executemany("DELETE FROM items WHERE fid = ?", rows)
         self.conn.executemany("DELETE FROM meta_kv WHERE fid = ?", rows)
+        self._changed("delete", np.array([r[0] for r in rows], dtype=np.int64))
 
     def _select_in(self, columns: str, key: str, values: list):
         """``SELECT columns FROM items WHERE key IN values``, the values bound as one JSON
@@ -243,8 +283,22 @@ class Catalog:
         return [(i, found[i]) for i in ids]
 
     def ids_of(self, fids: np.ndarray) -> dict[int, str]:
-        """fid -> id, built by sqlite3 in C (the hot path of search with include=())."""
-        return dict(self._select_in("fid, id", "fid", np.asarray(fids).tolist()))
+        """fid -> id for the live rows among fids, from RAM (the hot path of search with include=())."""
+        return self.id_map().ids_of(fids)
+
+    def id_map(self) -> IdMap:
+        """The fid -> id map of the rows as this connection sees them, built on first use."""
+        m = self._id_map
+        if m is None:
+            rows = self.conn.execute("SELECT fid, id FROM items ORDER BY fid").fetchall()
+            fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            m = IdMap(fids, [r[1] for r in rows])
+            self._id_map, self._id_map_version = m, self.data_version()
+        return m
+
+    def id_map_bytes(self) -> int:
+        """RAM the id map holds (0 until a search has built it)."""
+        return self._id_map.nbytes() if self._id_map is not None else 0
 
     def rows(self, fids: np.ndarray) -> dict[int, tuple[str, str | None, str | None]]:
         """fid -> (id, text, metadata JSON) for the given fids, in one query."""

@@ -32,7 +32,7 @@ from .errors import (
 from .guard import holding, reads, storage_errors, writes
 from .index import VectorIndex, exact_search, rescore
 from .journal import Journal
-from .records import Hit, Item, Stats, metadata_of
+from .records import Hit, Item, Stats, id_hits, metadata_of
 from .rwlock import ReadWriteLock
 
 __all__ = ["open", "Store", "Hit", "Item", "Stats", "FORMAT_VERSION"]
@@ -132,7 +132,7 @@ class Store:
 
     @reads
     def __len__(self) -> int:
-        return self.catalog.count()
+        return self.journal.live
 
     def __enter__(self) -> Store:
         return self
@@ -347,11 +347,9 @@ class Store:
         return rescore(xq, I, k, self.journal.originals.read, s.metric) if rescoring else (D, I)
 
     def _hits(self, D, I, include) -> list[list[Hit]]:
+        if not include:  # the fast path: ids only, from the id map in RAM
+            return id_hits(D, I, self.catalog.id_map().lookup)
         fids = np.unique(I[I >= 0])
-        if not include:  # the fast path: ids only
-            id_of = self.catalog.ids_of(fids)
-            return [[Hit(id_of[f], s) for s, f in zip(drow, irow) if f in id_of]  # -1 and tombstones drop out
-                    for drow, irow in zip(D.tolist(), I.tolist())]
         rows = self.catalog.rows(fids)
         text, meta = "text" in include, "metadata" in include
         return [[Hit(r[0], s, r[1] if text else None, metadata_of(r[2]) if meta else None)
@@ -368,13 +366,14 @@ class Store:
     # -- accounting ---------------------------------------------------------------------------
     @reads
     def stats(self) -> Stats:
-        """Counts, settings, memory per vector (measured from the index), compression vs FP32,
-        disk use by file and the trained scales/codebooks."""
+        """Counts, settings, memory per vector (measured from the index as last saved: O(1)),
+        compression vs FP32, disk use by file and the trained scales/codebooks."""
         j = self.journal
         disk = {"index": j.index_file_bytes(), "originals": j.originals.nbytes() if j.settings else 0,
                 "sqlite": self.catalog.file_bytes()}
-        return Stats.of(self.path, self.catalog.count(), FORMAT_VERSION, j.settings, j.index, j.log_rows, disk,
-                        self.model_precision, j.state.get("next_fid", 0))
+        saved = (j.state.get("index_size", 0), j.state.get("index_ntotal", 0)) if j.state.get("index_file") else None
+        return Stats.of(self.path, j.live, FORMAT_VERSION, j.settings, j.index, j.log_rows, disk,
+                        self.model_precision, j.state.get("next_fid", 0), saved, self.catalog.id_map_bytes())
 
     def close(self) -> None:
         """Checkpoint the index and release the store. Closing twice does nothing."""
@@ -383,3 +382,4 @@ class Store:
                 self._closed = True
                 with storage_errors(self.path):
                     self.journal.close()
+

@@ -38,12 +38,16 @@ FULL_DISK = textwrap.dedent("""
                 s.add(vectors=x[b * 100:(b + 1) * 100], ids=ids)
             deferred += sum(issubclass(i.category, qvec.CheckpointDeferred) for i in w)
             acked.append(b)
+            s.search(x[0], 1, include=())  # the in-memory id map, built before the failure and kept up after
         except qvec.StorageFull as e:
             full = (b, str(e))
             break
     assert full, "the disk never filled"
     b = full[0]
     stored_of_failed = len(s.existing([f"b{b}-{j}" for j in range(100)]))
+    near = x[: (b + 1) * 100 : 13]  # queries from every batch, the failed one too
+    map_agrees = [[h.id for h in r] for r in s.search_batch(near, 5, include=())] == \
+        [[h.id for h in r] for r in s.search_batch(near, 5, include=("text",))]  # ids from SQLite
     tmp_files = [f for f in os.listdir(path) if f.endswith(".tmp")]
     os.remove(ballast)  # free space, then the same batch again: no DuplicateId
     s.add(vectors=x[b * 100:(b + 1) * 100], ids=[f"b{b}-{j}" for j in range(100)])
@@ -53,7 +57,8 @@ FULL_DISK = textwrap.dedent("""
         count, trained = len(s), s.is_trained
         found = [s.search(x[i * 100 + 7], 1, include=())[0].id == f"b{i}-7" for i in acked]
     print(json.dumps({"acked": acked, "full": full, "deferred": deferred, "stored_of_failed": stored_of_failed,
-                      "tmp_files": tmp_files, "count": count, "trained": trained, "found": all(found)}))
+                      "tmp_files": tmp_files, "count": count, "trained": trained, "found": all(found),
+                      "map_agrees": map_agrees}))
 """)
 
 
@@ -83,6 +88,7 @@ def test_a_full_disk_is_storage_full_and_loses_nothing(rescore):
     assert out["tmp_files"] == []  # a failed checkpoint leaves no half-written file
     assert out["deferred"] >= 1  # training's checkpoint failed after an add committed: a warning, not an error
     assert out["count"] == 100 * len(out["acked"]) and out["trained"] and out["found"]
+    assert out["map_agrees"]  # the rolled-back batch never reached the in-memory id map
 
 
 # -- damaged and edited files ---------------------------------------------------------------------

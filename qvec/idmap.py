@@ -1,0 +1,94 @@
+"""The fid → id map a search answers from without SQLite: every stored id, UTF-8 encoded and
+NUL-terminated, end to end in one byte buffer, found by fid through an offsets array.
+
+A store's search turns FAISS's fids into the user's ids. Asking SQLite for them cost as much
+as the scan itself on the fast paths (HNSW, IVF, fast-scan PQ, binary: #13). Held as Python
+strings the map would cost ~60 bytes a row, more than the PQ codes it serves; here it costs
+the id's bytes + 1, 8 bytes of offset and 1 byte of liveness per fid. A batch's ids come out
+of it in one gather and one ``decode().split("\\0")`` (ids never hold NUL: ``inputs`` refuses it).
+
+The map mirrors the ``items`` table as committed: the catalog applies a transaction's
+inserts and deletes once it commits (a rolled-back one never touches it), drops the map
+when rows are renumbered, and when a reader moves to a newer snapshot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    """``a`` with room for ``need`` items (doubling, so that appends cost O(1) each)."""
+    if need <= len(a):
+        return a
+    out = np.zeros(max(need, 2 * len(a)), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class IdMap:
+    """fid → id for the live rows. Fids are appended in increasing order (a store's fids only
+    grow until compaction renumbers them, and then the map is built again)."""
+
+    def __init__(self, fids: np.ndarray, ids: list[str]):
+        """From rows sorted by fid."""
+        self._bytes = np.zeros(64, dtype=np.uint8)  # the ids, each followed by a NUL
+        self._offsets = np.zeros(16, dtype=np.int64)  # fid f's id starts at _offsets[f], ends before _offsets[f+1]
+        self._alive = np.zeros(15, dtype=bool)
+        self._size = 0  # fids below this are covered
+        self.add(np.asarray(fids, dtype=np.int64), ids)
+
+    def add(self, fids: np.ndarray, ids: list[str]) -> None:
+        """Rows with fids past every fid held, in increasing order."""
+        fids = np.asarray(fids, dtype=np.int64)
+        if not len(fids):
+            return
+        if fids[0] < self._size or (len(fids) > 1 and not (np.diff(fids) > 0).all()):
+            raise ValueError("fids must be appended in increasing order")
+        encoded = "\0".join(ids).encode() + b"\0"
+        lengths = np.zeros(int(fids[-1]) + 1 - self._size, dtype=np.int64)  # fids skipped in between hold nothing
+        lengths[fids - self._size] = [len(i.encode()) + 1 for i in ids] if not encoded.isascii() else \
+            [len(i) + 1 for i in ids]
+        top, start = int(fids[-1]) + 1, int(self._offsets[self._size])
+        self._offsets = _grown(self._offsets, top + 1)
+        self._alive = _grown(self._alive, top)
+        self._bytes = _grown(self._bytes, start + len(encoded))
+        np.cumsum(lengths, out=self._offsets[self._size + 1 : top + 1])
+        self._offsets[self._size + 1 : top + 1] += start
+        self._bytes[start : start + len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+        self._alive[fids] = True
+        self._size = top
+
+    def remove(self, fids: np.ndarray) -> None:
+        fids = np.asarray(fids, dtype=np.int64)
+        self._alive[fids[(fids >= 0) & (fids < self._size)]] = False
+
+    def lookup(self, fids: np.ndarray) -> tuple[list[str | None], int]:
+        """The id of each of ``fids`` in order, None where no live row has it; and how many have one."""
+        fids = np.asarray(fids, dtype=np.int64)
+        ok = (fids >= 0) & (fids < self._size)
+        ok[ok] = self._alive[fids[ok]]
+        live = fids[ok]
+        if not len(live):
+            return [None] * len(fids), 0
+        starts = self._offsets[live]
+        lengths = self._offsets[live + 1] - starts
+        ends = np.cumsum(lengths)
+        at = np.arange(ends[-1]) + np.repeat(starts - (ends - lengths), lengths)  # every byte of every id
+        found = self._bytes[at].tobytes().decode().split("\0")[:-1]
+        if len(live) == len(fids):
+            return found, len(live)
+        out: list[str | None] = [None] * len(fids)
+        for i, idx in zip(found, np.flatnonzero(ok).tolist()):
+            out[idx] = i
+        return out, len(live)
+
+    def ids_of(self, fids: np.ndarray) -> dict[int, str]:
+        """fid → id for those of ``fids`` that are live rows (-1 and deleted fids left out)."""
+        fids = np.asarray(fids, dtype=np.int64)
+        ids, _ = self.lookup(fids)
+        return {f: i for f, i in zip(fids.tolist(), ids) if i is not None}
+
+    def nbytes(self) -> int:
+        """RAM the map holds (its buffers, including room to grow)."""
+        return self._bytes.nbytes + self._offsets.nbytes + self._alive.nbytes
