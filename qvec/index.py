@@ -46,6 +46,10 @@ from .errors import CorruptStore, NotTrained
 __all__ = ["VectorIndex", "ExactBuffer", "empty_index", "exact_search", "rescore", "new_index",
            "one_faiss_thread", "FAISS_VERSION"]
 
+# Fewer queries than this search on one FAISS thread: FAISS splits a batch by query, so
+# more threads only add their start-up, and their spinning, which on a loaded machine
+# took an HNSW query from 0.16 ms to 12 ms (FAISS's own advice: one thread for nq=1).
+FEW_QUERIES = 4
 DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GEMM
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
 TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
@@ -377,13 +381,17 @@ class VectorIndex:
         """Top-k (scores, fids) per query; ``allowed`` restricts the search to those fids
         inside FAISS (an ID selector), so k hits come back whenever k allowed ids exist."""
         params = params or SearchParams()
-        if self._gemm and allowed is None and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
-            return self._search_decoded(xq, k)
+        if self._gemm and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
+            return self._search_decoded(xq, k, allowed)
         sel, keep = self._selector(allowed)
         fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
         if sel is not None:
             fp.sel = sel
-        D, I = self.index.search(self._codes(xq), k, params=fp)
+        if len(xq) < FEW_QUERIES:
+            with one_faiss_thread():
+                D, I = self.index.search(self._codes(xq), k, params=fp)
+        else:
+            D, I = self.index.search(self._codes(xq), k, params=fp)
         del keep
         return D.astype(np.float32, copy=False), I
 
@@ -403,11 +411,12 @@ class VectorIndex:
             return faiss.SearchParametersHNSW(efSearch=max(ef_search or ix.default_ef_search, k))
         return faiss.SearchParameters()
 
-    def _search_decoded(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_decoded(self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None):
         """What FAISS's flat scalar-quantizer search returns (the same decoded vectors, the
         same scores up to float rounding), computed block by block: decode the codes to
         FP32, score the whole batch by one BLAS matrix product, push the block's scores
-        into FAISS's per-query heaps (every query shares the block's fids: stride 0)."""
+        into FAISS's per-query heaps (every query shares the block's fids: stride 0).
+        ``allowed`` (sorted fids): only their codes are gathered, decoded and scored."""
         outer = faiss.downcast_index(self.index)  # IndexIDMap over IndexScalarQuantizer
         inner = faiss.downcast_index(outer.index)
         n, size = int(inner.ntotal), int(inner.code_size)
@@ -417,15 +426,22 @@ class VectorIndex:
         if n:  # views of FAISS's own arrays, no copies
             codes = faiss.rev_swig_ptr(inner.codes.data(), n * size).reshape(n, size)
             fids = faiss.rev_swig_ptr(outer.id_map.data(), n)
+            rows = None
+            if allowed is not None:  # the rows holding allowed fids, through a mask over fids
+                mask = np.zeros(max(int(fids.max()), int(allowed.max()) if len(allowed) else 0) + 1, dtype=bool)
+                mask[allowed] = True
+                rows = np.flatnonzero(mask[fids])
+            total = n if rows is None else len(rows)
             # FAISS's OpenMP threads spin between calls and take the cores from the BLAS
             # threads of the product (2-3× slower here): decode and heap on this thread.
             with one_faiss_thread():
-                for a in range(0, n, DECODE_BLOCK):
-                    x = inner.sa_decode(codes[a : a + DECODE_BLOCK])
+                for a in range(0, total, DECODE_BLOCK):
+                    at = slice(a, a + DECODE_BLOCK) if rows is None else rows[a : a + DECODE_BLOCK]
+                    block_codes, block = codes[at], np.ascontiguousarray(fids[at])
+                    x = inner.sa_decode(block_codes)
                     scores = xq @ x.T
                     if not ip:  # |q - x|² less |q|², which is added back at the end
                         scores = np.einsum("ij,ij->i", x, x)[None, :] - 2 * scores
-                    block = np.ascontiguousarray(fids[a : a + DECODE_BLOCK])
                     heap.heaps.addn_with_ids(len(block), faiss.swig_ptr(scores), faiss.swig_ptr(block), 0)
         heap.finalize()
         if not ip:
@@ -533,12 +549,15 @@ class VectorIndex:
         return cls(settings, index, threshold)
 
     # -- accounting -------------------------------------------------------------------
-    def bytes_per_vector(self) -> float:
+    def bytes_per_vector(self, saved: tuple[int, int] | None = None) -> float:
         """RAM held per vector (codes, ids, graph links, list overhead), measured as the
-        serialised index minus the same index emptied, over the vectors it holds."""
-        if self.ntotal == 0:
+        serialised index minus the same index emptied, over the vectors it holds. ``saved``:
+        the (bytes, vectors) of this index's last saved file, which measure it without
+        serialising it again (O(1), where serialising costs a copy of the whole index)."""
+        size, n = saved if saved and saved[1] else (None, self.ntotal)
+        if n == 0:
             return 0.0
-        return (len(self.serialize()) - self.fixed_bytes()) / self.ntotal
+        return ((size if size is not None else len(self.serialize())) - self.fixed_bytes()) / n
 
     def fixed_bytes(self) -> int:
         """Bytes that do not grow with the count: scales, codebooks, centroids, headers."""
