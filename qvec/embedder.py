@@ -85,12 +85,18 @@ _int8: dict[str, object] = {}
 
 
 def _load_int8(name: str):
-    st = _load(name)  # tokenizer, pooling and the weights to export come from the FP32 model
+    """The INT8 encoder, from its cached export when there is one (no torch, no FP32 model);
+    the first time, the FP32 model is loaded to export it."""
+    with _models_lock:
+        if name in _int8:
+            return _int8[name]
+    from .int8model import OnnxInt8Encoder, export, exported
+
+    path = resolve_model_path(name)
+    directory = exported(path) or export(_load(name), path)
     with _models_lock:
         if name not in _int8:
-            from .int8model import OnnxInt8Encoder
-
-            _int8[name] = OnnxInt8Encoder(st, resolve_model_path(name))
+            _int8[name] = OnnxInt8Encoder(directory)
         return _int8[name]
 
 
@@ -112,10 +118,14 @@ class SentenceTransformerEmbedder:
 
     @property
     def window(self) -> int | None:
+        if self.precision == "int8":
+            return _load_int8(self.name).max_length
         return getattr(self.model, "max_seq_length", None)
 
     @property
     def dim(self) -> int:
+        if self._dim is None and self.precision == "int8":
+            self._dim = _load_int8(self.name).dim
         if self._dim is None:
             m = self.model
             get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
@@ -141,16 +151,20 @@ class SentenceTransformerEmbedder:
         """sentence-transformers embeds only a text's first ``max_seq_length`` tokens, silently:
         say so. A token spans at least one character, so only texts longer than the window in
         characters need tokenizing."""
-        model = self.model
-        window = getattr(model, "max_seq_length", None)
-        tokenizer = getattr(model, "tokenizer", None)
-        if not window or tokenizer is None:
+        window = self.window
+        if not window:
             return
         long = [t for t in texts if len(t) > window - 2]  # [CLS] and [SEP] take two places
         if not long:
             return
-        lengths = [len(ids) for ids in tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)
-                   ["input_ids"]]
+        if self.precision == "int8":
+            lengths = _load_int8(self.name).token_counts(long)
+        else:
+            tokenizer = getattr(self.model, "tokenizer", None)
+            if tokenizer is None:
+                return
+            lengths = [len(ids) for ids in tokenizer(long, add_special_tokens=True, truncation=False, verbose=False)
+                       ["input_ids"]]
         over = [n for n in lengths if n > window]
         self.truncated += len(over)
         if over:

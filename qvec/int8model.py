@@ -15,6 +15,7 @@ ONNX Runtime's 0.992, and embedded 183 documents/s against 221 (bench/results/in
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -112,41 +113,89 @@ def _export(st, out: Path) -> None:
         os.replace(int8, out)
 
 
-class OnnxInt8Encoder:
-    """``encode(texts) -> (n, dim) float32`` with the INT8 model; one per process and model."""
+def export_dir(model_path: str) -> Path:
+    """Where the INT8 export of the model at ``model_path`` is cached."""
+    return cache_dir() / f"{Path(model_path).name}-{_fingerprint(model_path)}"
 
-    def __init__(self, st, model_path: str, threads: int | None = None):
+
+MODEL, TOKENIZER, CONFIG = "model-int8.onnx", "tokenizer.json", "qvec-model.json"
+
+
+def exported(model_path: str) -> Path | None:
+    """The export's directory if it holds everything a run needs, without the FP32 model."""
+    d = export_dir(model_path)
+    return d if all((d / f).exists() for f in (MODEL, TOKENIZER, CONFIG)) else None
+
+
+def export(st, model_path: str) -> Path:
+    """Export the sentence-transformers model ``st`` (loaded from ``model_path``) once: the
+    INT8 ONNX transformer, its fast tokenizer, and how it pools, each written atomically."""
+    d = export_dir(model_path)
+    pooling, normalize = _pooling(st)
+    tok = st.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise EmbedderError("model_precision='int8' needs a model with a fast (Rust) tokenizer: use "
+                            "model_precision='fp32'")
+    try:
+        if not (d / MODEL).exists():
+            _export(st, d / MODEL)
+        config = {"pooling": pooling, "normalize": normalize, "max_length": int(st.max_seq_length),
+                  "pad_token": tok.pad_token, "pad_id": int(tok.pad_token_id)}
+        for name, write in ((TOKENIZER, tok.backend_tokenizer.save),
+                            (CONFIG, lambda f: Path(f).write_text(json.dumps(config)))):
+            tmp = d / (name + ".tmp")
+            write(str(tmp))
+            os.replace(tmp, d / name)
+    except Exception as e:  # export failures come in many types
+        raise EmbedderError(f"cannot build the INT8 model in {d} ({type(e).__name__}: {e}); "
+                            "use model_precision='fp32'") from e
+    return d
+
+
+class OnnxInt8Encoder:
+    """``encode(texts) -> (n, dim) float32`` with the INT8 model; one per process and model.
+    Runs from the export alone (ONNX Runtime and the ``tokenizers`` library): neither torch
+    nor sentence-transformers is imported, so a text search starts in about a second."""
+
+    def __init__(self, directory: Path, threads: int | None = None):
         try:
             import onnxruntime as ort
+            from tokenizers import Tokenizer
         except ImportError as e:
             raise EmbedderError("model_precision='int8' needs onnxruntime: pip install onnxruntime onnx") from e
-        self.pooling, self.normalize = _pooling(st)
-        self.tokenizer = st.tokenizer
-        self.max_length = int(st.max_seq_length)
-        self.path = cache_dir() / f"{Path(model_path).name}-{_fingerprint(model_path)}" / "model-int8.onnx"
-        if not self.path.exists():
-            try:
-                _export(st, self.path)
-            except Exception as e:  # export failures come in many types
-                raise EmbedderError(f"cannot build the INT8 model in {self.path.parent} ({type(e).__name__}: {e}); "
-                                    "use model_precision='fp32'") from e
+        config = json.loads((directory / CONFIG).read_text())
+        self.pooling, self.normalize, self.max_length = config["pooling"], config["normalize"], config["max_length"]
+        self.counter = Tokenizer.from_file(str(directory / TOKENIZER))  # whole texts: how long they are
+        self.counter.no_truncation()
+        self.counter.no_padding()
+        self.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding(pad_id=config["pad_id"], pad_token=config["pad_token"])
+        self.path = directory / MODEL
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1  # every core
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        width = self.session.get_outputs()[0].shape[-1]
+        self.dim = width if isinstance(width, int) else int(self.encode(["dimension"]).shape[1])
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self.counter.encode_batch(list(texts))]
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad least
         out = np.empty((len(texts), 0), np.float32)
         for lo in range(0, len(texts), batch_size):
             rows = order[lo : lo + batch_size]
-            enc = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np", return_token_type_ids=True)
-            (hidden,) = self.session.run(None, {k: enc[k].astype(np.int64) for k in INPUTS})
+            enc = self.tokenizer.encode_batch([texts[i] for i in rows])
+            feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+            (hidden,) = self.session.run(None, feed)
             if self.pooling == "cls":
                 v = hidden[:, 0]
             else:
-                mask = enc["attention_mask"][..., None].astype(np.float32)
+                mask = feed["attention_mask"][..., None].astype(np.float32)
                 v = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
             if self.normalize:
                 v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)

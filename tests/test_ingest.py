@@ -37,6 +37,46 @@ def test_int8_model_embeddings_stay_close_to_fp32(corpus, model, int8_model):
     assert (sa.argmax(1) == sb.argmax(1)).mean() > 0.85
 
 
+def test_the_int8_runtime_tokenizes_and_pools_as_the_model_does(corpus, model, int8_model):
+    """The run-time path (the export's tokenizer.json through the tokenizers library, no
+    sentence-transformers) gives the vectors the model's own tokenizer would feed the same
+    ONNX session: padding, truncation at the window, pooling and normalising all agree."""
+    from qvec.embedder import _load_int8
+
+    enc = _load_int8(int8_model.name)
+    st = model.model
+    texts = [corpus[0][0], "short", " ".join(corpus[0][:40])]  # the last is past the 256-token window
+    hf = st.tokenizer(texts, padding=True, truncation=True, max_length=st.max_seq_length, return_tensors="np",
+                      return_token_type_ids=True)
+    (hidden,) = enc.session.run(None, {k: hf[k].astype(np.int64) for k in ("input_ids", "attention_mask",
+                                                                          "token_type_ids")})
+    mask = hf["attention_mask"][..., None].astype(np.float32)
+    want = (hidden * mask).sum(1) / mask.sum(1)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=3), want, atol=1e-5)
+    assert enc.token_counts(texts)[2] > st.max_seq_length == int8_model.window
+    with pytest.warns(qvec.TextTruncated, match="256-token window"):
+        int8_model.embed(texts[2:])
+
+
+def test_a_text_search_with_the_int8_model_imports_no_torch(tmp_path, corpus, int8_model):
+    """From a cold start (a new process), once the export is cached."""
+    import os
+    import subprocess
+    import sys
+
+    docs = corpus[0][:20]
+    with qvec.open(tmp_path / "s", model_precision="int8") as s:
+        s.add(docs, ids=[str(i) for i in range(20)])
+    script = ("import sys, qvec\n"
+              f"s = qvec.open({str(tmp_path / 's')!r}, read_only=True)\n"
+              f"print(s.search({docs[5]!r}, 1)[0].id, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["5", "False", "False"]
+
+
 def test_store_records_the_model_precision_and_reports_a_mismatch(tmp_path, corpus, int8_model):
     docs = corpus[0][:40]
     with qvec.open(tmp_path / "s", model_precision="int8") as s:
