@@ -175,8 +175,10 @@ def exact_search(xq: np.ndarray, x: np.ndarray, fids: np.ndarray, k: int, metric
 
 def rescore(xq: np.ndarray, I: np.ndarray, k: int, read: Callable[[np.ndarray], np.ndarray], metric: str):
     """Re-rank candidate fids ``I`` (-1: none) by exact scores against ``read(fids)``'s
-    vectors, keeping k per query. Queries go a block at a time, so that the candidates'
-    vectors gathered at once stay near ``RESCORE_BLOCK_BYTES`` however big the batch."""
+    vectors, keeping k per query. Each distinct candidate is read once, and FAISS scores
+    every query against its own candidates where they lie (no (nq, kc, dim) copy of them).
+    Queries go a block at a time, so that the vectors read at once stay near
+    ``RESCORE_BLOCK_BYTES`` however big the batch."""
     nq, kc = I.shape
     dim = xq.shape[1]
     step = max(1, RESCORE_BLOCK_BYTES // max(1, kc * dim * 4))
@@ -184,21 +186,21 @@ def rescore(xq: np.ndarray, I: np.ndarray, k: int, read: Callable[[np.ndarray], 
     D_out = np.zeros((nq, kk), np.float32)
     I_out = np.full((nq, kk), -1, np.int64)
     worst = np.inf if metric == "l2" else -np.inf
+    by_idx = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
     for a in range(0, nq, step):
-        Ib, qb = I[a : a + step], xq[a : a + step]
+        Ib, qb = I[a : a + step], np.ascontiguousarray(xq[a : a + step], dtype=np.float32)
         valid = Ib >= 0
-        flat = np.unique(Ib[valid])
+        flat, at = np.unique(Ib[valid], return_inverse=True)
         if not len(flat):
             D_out[a : a + step] = worst
             continue
-        cand = read(flat)[np.searchsorted(flat, np.where(valid, Ib, flat[0]))]
-        if metric == "l2":
-            scores = ((cand - qb[:, None, :]) ** 2).sum(-1)
-            order = np.argsort(np.where(valid, scores, np.inf), axis=1, kind="stable")[:, :kk]
-        else:
-            scores = np.einsum("qcd,qd->qc", cand, qb)
-            order = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")[:, :kk]
+        rows = np.ascontiguousarray(read(flat), dtype=np.float32)
+        pos = np.zeros(Ib.shape, np.int64)  # each candidate's row in ``rows``
+        pos[valid] = at.reshape(-1)
+        scores = np.empty(Ib.shape, np.float32)
+        by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(qb), faiss.swig_ptr(rows), faiss.swig_ptr(pos), dim, len(qb), kc)
         scores = np.where(valid, scores, worst)
+        order = np.argsort(scores if metric == "l2" else -scores, axis=1, kind="stable")[:, :kk]
         D_out[a : a + step] = np.take_along_axis(scores, order, 1)
         I_out[a : a + step] = np.take_along_axis(np.where(valid, Ib, -1), order, 1)
     return D_out, I_out

@@ -105,6 +105,7 @@ class Originals:
         self.row_bytes = row_bytes(dim, precision)
         self.verify = verify  # False only to measure what checking costs
         self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
+        self._row_map: np.ndarray | None = None  # the rows, likewise (a new map every read faults every page in)
         self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
 
     def pin(self) -> None:
@@ -124,6 +125,7 @@ class Originals:
                 if fd >= 0:
                     os.close(fd)
             self._fds, self._sum_map = None, None
+        self._row_map = None  # the map closes with its last view
 
     def write(self, first_fid: int, x: np.ndarray) -> None:
         """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
@@ -152,7 +154,7 @@ class Originals:
                 )
             starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
             if len(starts) > 1 and len(rows) * DENSE >= stored:
-                self._read_mapped(fd, rows, stored, out)
+                out = self._read_mapped(fd, rows, stored, out.dtype)
             else:
                 self._read_runs(fd, rows, starts, out)
         finally:
@@ -196,13 +198,15 @@ class Originals:
             if self._fds is None:
                 os.close(fd)  # the map keeps the file
 
-    def _read_mapped(self, fd: int, rows: np.ndarray, stored: int, out: np.ndarray) -> None:
+    def _read_mapped(self, fd: int, rows: np.ndarray, stored: int, dtype) -> np.ndarray:
         """Most pages hold a wanted row (a big batch's candidates): one pass through a
-        memory map, with the kernel's read-ahead, beats a pair of calls per run."""
-        with mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ) as mm:
-            rowsview = np.frombuffer(mm, out.dtype).reshape(stored, -1)
-            np.take(rowsview, rows, axis=0, out=out)
-            del rowsview
+        memory map, with the kernel's read-ahead, beats a pair of calls per run. The map is
+        kept: its pages stay mapped from one batch to the next."""
+        view = self._row_map
+        if view is None or len(view) < stored:  # the file grew: map it again
+            mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
+            view = self._row_map = np.frombuffer(mm, dtype).reshape(stored, -1)
+        return view[rows]  # a quarter faster than np.take(..., out=) here
 
     def _read_runs(self, fd: int, rows: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
         """One read per run of consecutive rows, straight into the output. Scattered runs
