@@ -282,12 +282,9 @@ class Catalog:
             raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
         return [(i, found[i]) for i in ids]
 
-    def ids_of(self, fids: np.ndarray) -> dict[int, str]:
-        """fid -> id for the live rows among fids, from RAM (the hot path of search with include=())."""
-        return self.id_map().ids_of(fids)
-
     def id_map(self) -> IdMap:
-        """The fid -> id map of the rows as this connection sees them, built on first use."""
+        """The fid -> id map of the rows as this connection sees them, built on first use
+        (the hot path of search with include=())."""
         m = self._id_map
         if m is None:
             rows = self.conn.execute("SELECT fid, id FROM items ORDER BY fid").fetchall()

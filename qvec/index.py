@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import faiss
 import numpy as np
@@ -389,10 +389,7 @@ class VectorIndex:
         fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
         if sel is not None:
             fp.sel = sel
-        if len(xq) < FEW_QUERIES:
-            with one_faiss_thread():
-                D, I = self.index.search(self._codes(xq), k, params=fp)
-        else:
+        with one_faiss_thread() if len(xq) < FEW_QUERIES else nullcontext():
             D, I = self.index.search(self._codes(xq), k, params=fp)
         del keep
         return D.astype(np.float32, copy=False), I

@@ -382,4 +382,3 @@ class Store:
                 self._closed = True
                 with storage_errors(self.path):
                     self.journal.close()
-
