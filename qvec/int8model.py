@@ -163,19 +163,25 @@ class OnnxInt8Encoder:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise EmbedderError("model_precision='int8' needs onnxruntime: pip install onnxruntime onnx") from e
-        config = json.loads((directory / CONFIG).read_text())
-        self.pooling, self.normalize, self.max_length = config["pooling"], config["normalize"], config["max_length"]
-        self.counter = Tokenizer.from_file(str(directory / TOKENIZER))  # whole texts: how long they are
-        self.counter.no_truncation()
-        self.counter.no_padding()
-        self.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER))
-        self.tokenizer.enable_truncation(self.max_length)
-        self.tokenizer.enable_padding(pad_id=config["pad_id"], pad_token=config["pad_token"])
-        self.path = directory / MODEL
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1  # every core
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        try:
+            config = json.loads((directory / CONFIG).read_text())
+            self.pooling, self.normalize = config["pooling"], config["normalize"]
+            self.max_length = int(config["max_length"])
+            self.counter = Tokenizer.from_file(str(directory / TOKENIZER))  # whole texts: how long they are
+            self.counter.no_truncation()
+            self.counter.no_padding()
+            self.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER))
+            self.tokenizer.enable_truncation(self.max_length)
+            self.tokenizer.enable_padding(pad_id=config["pad_id"], pad_token=config["pad_token"])
+            self.path = directory / MODEL
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads or os.cpu_count() or 1  # every core
+            opts.log_severity_level = 3
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a damaged cache fails in JSON, the tokenizers library or ONNX Runtime
+            raise EmbedderError(f"the INT8 model cached in {directory} is damaged ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}): delete that directory, and qvec "
+                                "exports the model again") from None
         width = self.session.get_outputs()[0].shape[-1]
         self.dim = width if isinstance(width, int) else int(self.encode(["dimension"]).shape[1])
 

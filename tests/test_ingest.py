@@ -59,6 +59,21 @@ def test_the_int8_runtime_tokenizes_and_pools_as_the_model_does(corpus, model, i
         int8_model.embed(texts[2:])
 
 
+@pytest.mark.parametrize("damage", ["qvec-model.json", "tokenizer.json", "model-int8.onnx"])
+def test_a_damaged_int8_export_is_one_embedder_error(tmp_path, int8_model, damage):
+    import shutil
+
+    from qvec.embedder import _load_int8
+    from qvec.int8model import OnnxInt8Encoder
+
+    copy = tmp_path / "export"
+    shutil.copytree(_load_int8(int8_model.name).path.parent, copy)
+    data = (copy / damage).read_bytes()
+    (copy / damage).write_bytes(data[: len(data) // 3])  # cut short, as a full disk or a killed copy leaves it
+    with pytest.raises(qvec.EmbedderError, match="is damaged .*: delete that directory"):
+        OnnxInt8Encoder(copy)
+
+
 def test_a_text_search_with_the_int8_model_imports_no_torch(tmp_path, corpus, int8_model):
     """From a cold start (a new process), once the export is cached."""
     import os
