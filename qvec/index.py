@@ -268,6 +268,8 @@ def new_index(settings: Settings):
     if s.binary:
         return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(s.dim))
     index = faiss.index_factory(s.dim, s.factory(), _faiss_metric(s.metric))
+    if isinstance(s.index, HNSW):
+        _unwrap(index).hnsw.efConstruction = s.index.ef_construction
     sq = _scalar_quantizer(index)
     if sq is not None and isinstance(s.codes, SQ):
         sq.rangestat = _RANGE_STATS[s.range_stat]
