@@ -12,8 +12,10 @@ thread, beside the same queries with the file cached, over the 100K GCIDE embedd
 
 Part 1 reads the same scattered rows two ways: a numpy memory map (what qvec did before:
 every page fault pulls in the kernel's read-around window, one fault after another) and
-qvec's Originals.read (the ranges announced with POSIX_FADV_WILLNEED, then one pread per
-run of consecutive rows). Part 2 runs real stores end to end.
+qvec's Originals.read (the ranges announced with MADV_WILLNEED, one call per run of
+consecutive rows, then gathered from its kept map). Part 2 runs real stores end to end.
+The kernel keeps the pages a live map has touched whatever DONTNEED says, so a cold read
+closes qvec's map first (as memory pressure would evict those pages).
 """
 
 from __future__ import annotations
@@ -50,11 +52,16 @@ def drop_from_cache(path: Path) -> None:
         os.close(fd)
 
 
-def latency(fn, items, cold_path: Path | None) -> dict:
-    """p50/p99 ms of fn over items; with cold_path, that file leaves the page cache before each call."""
+def latency(fn, items, cold_path: Path | None, originals: Originals | None = None) -> dict:
+    """p50/p99 ms of fn over items; with cold_path, that file leaves the page cache before
+    each call (after ``originals`` closes its map of it)."""
     fn(items[0])  # imports, allocations
-    before = None if cold_path is None else functools.partial(drop_from_cache, cold_path)
-    return single_query_ms(fn, items, before=before)
+
+    def before():
+        if originals is not None:
+            originals.close()
+        drop_from_cache(cold_path)
+    return single_query_ms(fn, items, before=None if cold_path is None else before)
 
 
 def read_mapped(path: Path, shape: tuple, fids: np.ndarray) -> np.ndarray:
@@ -81,7 +88,7 @@ def readers(xb: np.ndarray, workdir: Path) -> list[dict]:
             assert np.array_equal(read(sets[0]), xb[sets[0]])
             for cold in (False, True):
                 r = {"reader": name, "rows": rows, "cache": "cold" if cold else "warm"}
-                r |= latency(read, sets, path if cold else None)
+                r |= latency(read, sets, path if cold else None, orig if read == orig.read else None)
                 print(json.dumps(r), flush=True)
                 records.append(r)
     return records
@@ -105,7 +112,7 @@ def stores(xb: np.ndarray, xq: np.ndarray, workdir: Path) -> list[dict]:
                      "recall_at_10": round(recall_at_k(got, gt, 10), 4),
                      "originals_mb": round(originals.stat().st_size / 2**20, 1)}
                 for cold in (False, True):
-                    lat = latency(search, list(xq), originals if cold else None)
+                    lat = latency(search, list(xq), originals if cold else None, s.journal.originals)
                     r |= {f"{k}_{'cold' if cold else 'warm'}": v for k, v in lat.items()}
                 print(json.dumps(r), flush=True)
                 records.append(r)

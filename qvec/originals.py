@@ -12,13 +12,14 @@ row is written, and rescoring's error stays far below the gap between neighbours
 padded to whole 32-bit words, which the checksum reads. The file keeps its historical
 name, ``originals.f32``, at every precision.
 
-Rescoring reads a few dozen scattered rows per query. They are read with ``pread``, one
-call per run of consecutive rows, after telling the kernel which ranges are coming
-(``POSIX_FADV_WILLNEED``) so that a disk fetches them in parallel. Through a memory map,
-each row missing from the page cache faulted in the kernel's read-around window instead,
-one after another (``bench/rescore_cold.py`` measures both). A batch whose candidates
-cover a good part of the file is the exception: there the map's read-ahead fetches pages
-that are wanted anyway, and one vectorised pass costs less than two calls per row.
+Rescoring reads a few dozen scattered rows per query, through one memory map of the
+file kept open. Before a scattered read the kernel is told which ranges are coming
+(``MADV_WILLNEED``, one call per run of consecutive rows) so that a disk fetches them in
+parallel: without it, each row missing from the page cache faulted in the kernel's
+read-around window, one after another (``bench/rescore_cold.py`` measures both). Rows
+are then gathered from the map in one vectorised pass, where ``pread`` took a second
+call per run. A batch whose candidates cover a good part of the file skips the advice:
+the map's read-ahead fetches pages that are wanted anyway.
 
 Every row has a 32-bit checksum in a sidecar file (``originals.f32.sum``), written with
 it and checked on every read, so that a damaged row is a ``CorruptStore``, not a wrong
@@ -39,7 +40,7 @@ import numpy as np
 
 from .errors import CorruptStore
 
-DENSE = 8  # a read of at least one row in DENSE of the file goes through a memory map
+DENSE = 8  # a read of at least one row in DENSE of the file is not announced row by row
 
 __all__ = ["Originals", "PRECISIONS"]
 
@@ -106,6 +107,8 @@ class Originals:
         self.verify = verify  # False only to measure what checking costs
         self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
         self._row_map: np.ndarray | None = None  # the rows, likewise (a new map every read faults every page in)
+        self._mm: mmap.mmap | None = None  # the map behind _row_map
+        self._mapped: tuple[int, int] | None = None  # (device, inode) of the file mapped
         self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
 
     def pin(self) -> None:
@@ -125,7 +128,7 @@ class Originals:
                 if fd >= 0:
                     os.close(fd)
             self._fds, self._sum_map = None, None
-        self._row_map = None  # the map closes with its last view
+        self._row_map = self._mm = None  # the map closes with its last view
 
     def write(self, first_fid: int, x: np.ndarray) -> None:
         """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
@@ -139,24 +142,19 @@ class Originals:
         fids = np.asarray(fids, dtype=np.int64).reshape(-1)
         rows, inverse = np.unique(fids, return_inverse=True)
         fp32 = self.precision == "fp32"
-        out = np.empty((len(rows), self.dim) if fp32 else (len(rows), self.row_bytes),
-                       dtype=np.float32 if fp32 else np.uint8)
         if not len(rows):
-            return out if fp32 else np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         pinned = self._fds is not None
         fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY) if self.path.exists() else -1
         try:
-            stored = os.fstat(fd).st_size // self.row_bytes if fd >= 0 else 0
+            st = os.fstat(fd) if fd >= 0 else None
+            stored = st.st_size // self.row_bytes if st else 0
             if int(rows[-1]) >= stored or int(rows[0]) < 0:
                 raise CorruptStore(
                     f"{self.path} holds {stored} vectors but vector {int(rows[-1])} was asked for: "
                     "the originals file is truncated; rebuild the store"
                 )
-            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
-            if len(starts) > 1 and len(rows) * DENSE >= stored:
-                out = self._read_mapped(fd, rows, stored, out.dtype)
-            else:
-                self._read_runs(fd, rows, starts, out)
+            out = self._read_mapped(fd, (st.st_dev, st.st_ino), rows, stored, np.float32 if fp32 else np.uint8)
         finally:
             if fd >= 0 and not pinned:
                 os.close(fd)
@@ -198,32 +196,23 @@ class Originals:
             if self._fds is None:
                 os.close(fd)  # the map keeps the file
 
-    def _read_mapped(self, fd: int, rows: np.ndarray, stored: int, dtype) -> np.ndarray:
-        """Most pages hold a wanted row (a big batch's candidates): one pass through a
-        memory map, with the kernel's read-ahead, beats a pair of calls per run. The map is
-        kept: its pages stay mapped from one batch to the next."""
+    def _read_mapped(self, fd: int, file: tuple[int, int], rows: np.ndarray, stored: int, dtype) -> np.ndarray:
+        """Rows (sorted, unique) gathered from the kept map. Scattered rows are announced
+        first, one ``MADV_WILLNEED`` per run of consecutive rows, so that those missing from
+        the page cache are fetched in parallel; pages already cached cost a call each."""
         view = self._row_map
-        if view is None or len(view) < stored:  # the file grew: map it again
-            mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
-            view = self._row_map = np.frombuffer(mm, dtype).reshape(stored, -1)
+        if view is None or len(view) < stored or file != self._mapped:  # grown, or replaced by a compaction
+            self._mm, self._mapped = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ), file
+            view = self._row_map = np.frombuffer(self._mm, dtype).reshape(stored, -1)
+        if len(rows) * DENSE < stored and hasattr(mmap, "MADV_WILLNEED"):
+            rb, page = self.row_bytes, mmap.PAGESIZE
+            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
+            ends = np.append(starts[1:], len(rows))
+            first = rows[starts] * rb
+            lo = first - first % page
+            for a, n in zip(lo.tolist(), (first + (ends - starts) * rb - lo).tolist()):
+                self._mm.madvise(mmap.MADV_WILLNEED, a, n)
         return view[rows]  # a quarter faster than np.take(..., out=) here
-
-    def _read_runs(self, fd: int, rows: np.ndarray, starts: np.ndarray, out: np.ndarray) -> None:
-        """One read per run of consecutive rows, straight into the output. Scattered runs
-        are announced first, so that a disk reads them in parallel, not one by one."""
-        ends = np.append(starts[1:], len(rows))
-        buf, rb = memoryview(out).cast("B"), self.row_bytes
-        runs = list(zip(starts.tolist(), ends.tolist(), rows[starts].tolist()))
-        if len(runs) > 1 and hasattr(os, "posix_fadvise"):
-            for a, b, first in runs:
-                os.posix_fadvise(fd, first * rb, (b - a) * rb, os.POSIX_FADV_WILLNEED)
-        for a, b, first in runs:
-            view, offset = buf[a * rb : b * rb], first * rb
-            while len(view):  # one call reads at most ~2 GB on Linux
-                n = os.preadv(fd, [view], offset)
-                if n <= 0:
-                    raise CorruptStore(f"{self.path} ended while reading vector {first}: rebuild the store")
-                view, offset = view[n:], offset + n
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, self.sums) if p.exists())
