@@ -373,5 +373,10 @@ class Catalog:
     def clear_tombstones(self) -> None:
         self.conn.execute("DELETE FROM tombstones")
 
+    def free_bytes(self) -> int:
+        """Pages SQLite holds free for reuse (deleted rows' space not yet vacuumed)."""
+        pages = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return pages * self.conn.execute("PRAGMA page_size").fetchone()[0]
+
     def file_bytes(self) -> int:
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))

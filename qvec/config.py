@@ -34,6 +34,7 @@ ORIGINALS = ("fp32", "fp16", "int8")
 # steps are coarse enough that clipping the 0.1% tails wins (0.940 vs 0.921 for min..max).
 RANGE_STATS = ("minmax", "meanstd", "quantiles", "optim")
 DEFAULT_OVERSAMPLE = 4
+MAX_OVERSAMPLE = 1024
 # FAISS's sizes, far above anything useful: beyond them it fails in C++ or allocates without end.
 MAX_LISTS = 1 << 20
 MAX_LINKS = 256
@@ -362,6 +363,7 @@ class Settings:
     rescore: bool = False
     range_stat: str = "minmax"
     originals: str = "fp32"  # the precision originals are kept at (rescore=True); stores before it: fp32
+    oversample: int = DEFAULT_OVERSAMPLE  # candidates per hit re-ranked when a search names none (qvec tune sets it)
 
     def __post_init__(self):
         _check_range("dim", self.dim, 1, 1 << 16)
@@ -369,6 +371,7 @@ class Settings:
         if not isinstance(self.rescore, bool) or self.originals not in ORIGINALS:
             raise InvalidSpec(f"rescore must be True, False or one of {', '.join(ORIGINALS)}, got "
                               f"rescore={self.rescore!r} originals={self.originals!r}")
+        _check_range("oversample", self.oversample, 1, MAX_OVERSAMPLE)
         self.codes.check_dim(self.dim)
         check_pair(self.codes, self.index)
 
@@ -492,7 +495,7 @@ class SearchParams:
 
     nprobe: int | None = None
     ef_search: int | None = None
-    oversample: int = DEFAULT_OVERSAMPLE
+    oversample: int | None = None  # None: the store's own (Settings.oversample)
 
     @classmethod
     def parse(cls, params: dict) -> SearchParams:
@@ -501,7 +504,7 @@ class SearchParams:
             raise InvalidInput(f"unknown search parameter(s) {sorted(unknown)}: expected nprobe, ef_search, "
                                "oversample")
         out = {k: v for k, v in params.items() if v is not None}
-        for name, hi in (("nprobe", MAX_LISTS), ("ef_search", MAX_SEARCH_BREADTH), ("oversample", 1024)):
+        for name, hi in (("nprobe", MAX_LISTS), ("ef_search", MAX_SEARCH_BREADTH), ("oversample", MAX_OVERSAMPLE)):
             if name in out:
                 _check_range(name, out[name], 1, hi, InvalidInput)
         return cls(**out)

@@ -223,8 +223,9 @@ class Journal:
         index.tombstones = self.catalog.tombstones()
         originals = state.get("originals_file", ORIGINALS_FILE)
         if self.lock is not None:
+            keep = (name, originals, originals + ".sum", (state.get("previous_codes") or {}).get("index_file"))
             for stray in [*self.path.glob("index-*.faiss*"), *self.path.glob("originals*.f32*")]:
-                if stray.name not in (name, originals, originals + ".sum"):  # from a save that never committed
+                if stray.name not in keep:  # from a save that never committed
                     stray.unlink()
         elif self.settings.rescore and (self.path / originals).exists():
             try:  # a reader keeps the originals of its snapshot open: a compaction may remove them
@@ -420,6 +421,8 @@ class Journal:
         if index.threshold is not None:
             values["binary_threshold"] = index.threshold.tolist()
         values |= state or {}
+        if renumber is not None and self.state.get("previous_codes"):
+            values["previous_codes"] = None  # its fids are renumbered away: it cannot come back
         with self.catalog.transaction():
             if renumber is not None:
                 self.catalog.renumber(renumber)
@@ -430,8 +433,30 @@ class Journal:
                 self.catalog.clear_tombstones()
         self.index, self.log_rows = index, 0
         self.state.update(values)
-        keep = {name, self.state.get("originals_file", ORIGINALS_FILE)}
+        keep = {name, self.state.get("originals_file", ORIGINALS_FILE),
+                (self.state.get("previous_codes") or {}).get("index_file")}
         for old in [*self.path.glob("index-*.faiss"), *self.path.glob("originals*.f32*")]:
             if old.name not in keep and old.name.removesuffix(".sum") not in keep:
                 old.unlink()
         self.catalog.reclaim()
+
+    # -- changing the codes (qvec tune --apply / --rollback) ------------------------------------
+    _SAVED = ("index_file", "index_size", "index_ntotal", "index_max_fid", "index_digest", "binary_threshold")
+
+    def swap_codes(self, index: VectorIndex, settings: Settings) -> None:
+        """Make ``index`` (new codes for every live row, built beside the current ones) the
+        store's index and ``settings`` its settings in one commit. The current index is
+        saved first and kept, named in the state as ``previous_codes``, until the next swap
+        or id compaction; a crash before the commit leaves the store as it was."""
+        self.checkpoint()  # the current codes as they are now, log included: what a rollback restores
+        previous = {k: self.state.get(k) for k in self._SAVED} | {"config": self.settings.to_json()}
+        self.checkpoint(index, clear_tombstones=True, state={"config": settings.to_json(), "previous_codes": previous,
+                                                             "binary_threshold": None if index.threshold is None
+                                                             else index.threshold.tolist()})
+        self.settings = settings
+        self.index = index
+
+    def read_previous_index(self, settings: Settings, previous: dict) -> VectorIndex:
+        """The index ``swap_codes`` replaced, checked like the current one."""
+        return self._read_index_file(settings, self.state | previous)
+
