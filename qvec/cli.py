@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -262,6 +263,139 @@ def info(store, as_json):
         if shapes:
             lines.append("trained      " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     click.echo("\n".join(lines))
+
+
+def _tune_queries(path: str | None):
+    """--queries FILE: an .npy of vectors, else one text per line."""
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise InputFileError(f"--queries {path}: no such file")
+    if path.endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise InputFileError(f"--queries {path} is not a readable .npy array ({e})") from None
+    texts = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    if not texts:
+        raise InputFileError(f"--queries {path} holds no queries (one text per line, or an .npy of vectors)")
+    return texts
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
+@click.option("--queries", "queries_path", default=None, help="texts (one per line) or an .npy of vectors to measure "
+              "with (default: 400 of the store's own vectors, each held out of its answer)")
+def report(store, as_json, queries_path):
+    """What STORE's codes cost and keep: bytes per vector by part, recall@1/10/100 against
+    exact search, calibration health, and a verdict.
+
+    \b
+    Example:
+      qvec report docs.qvec --json | python -m json.tool
+    """
+    with open_store(store, read_only=True) as s:
+        r = s.report(_tune_queries(queries_path))
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    b = r["bytes"]
+    lines = [f"store        {r['path']} ({r['count']:,} vectors, {r['quantization']}/{r['index']}"
+             + (f", rescored x{r['oversample']})" if r["rescore"] else ")"),
+             f"RAM          {r['bytes_per_vector']:.1f} B/vector: codes {b['codes']}, ids {b['ids']}, links/lists "
+             f"{b['links_or_lists']}, fixed {r['fixed_bytes']:,} B in all (FP32: {r['fp32_bytes_per_vector']} B)",
+             "disk         " + ", ".join(f"{k} {v:,} B" for k, v in r["disk_bytes"].items())
+             + "; dead " + ", ".join(f"{k} {v:,} B" for k, v in r["dead_bytes"].items())]
+    if r.get("recall_at_10") is not None:
+        lines.append("recall       " + ", ".join(f"@{k} {r[f'recall_at_{k}']:.4f}" for k in (1, 10, 100)
+                                                if r.get(f"recall_at_{k}") is not None)
+                     + f" ({r['queries']}; against {r['reference']})")
+    lines += ["", textwrap.fill(r["verdict"], 100)]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--recall", "target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="recall@10 to reach (its lower 95% bound on held-out queries)")
+@click.option("--max-bytes", type=float, default=None, help="RAM bytes per vector allowed")
+@click.option("--queries", "queries_path", default=None, help="texts (one per line) or an .npy of vectors")
+@click.option("--apply", "do_apply", is_flag=True, help="re-encode the store with the chosen codes, checked and "
+              "swapped in atomically (the old codes kept for --rollback)")
+@click.option("--rollback", is_flag=True, help="restore the codes the last --apply replaced")
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="write the Pareto plot to this PNG")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def tune(store, target, max_bytes, queries_path, do_apply, rollback, plot_path, as_json, quiet):
+    """Measure every code STORE's index can hold on its own data against exact search, and
+    choose the cheapest meeting --recall (or the best under --max-bytes).
+
+    \b
+    Example:
+      qvec tune docs.qvec --recall 0.95 --plot tune.png
+      qvec tune docs.qvec --recall 0.95 --apply
+    """
+    from tqdm import tqdm
+
+    if rollback:
+        with open_store(store) as s:
+            out = s.rollback_tuning()
+        click.echo(json.dumps(out) if as_json else f"restored {out['quantization']} codes (replacing "
+                   f"{out['previous']}; {out['rows_added']} rows written since were added)")
+        return
+    bar = tqdm(total=1, unit="config", disable=quiet or as_json, desc="measuring")
+
+    def progress(what, n, total):
+        bar.total = total
+        bar.n = n
+        bar.set_postfix_str(what)
+        bar.refresh()
+
+    with open_store(store, read_only=not do_apply) as s:
+        result = s.tune(target, max_bytes=max_bytes, queries=_tune_queries(queries_path), progress=progress)
+        bar.close()
+        if plot_path:
+            _tune_plot(result, s, plot_path)
+        if do_apply and result.chosen is not None and result.chosen.meets:
+            bar = tqdm(total=2, disable=quiet or as_json, desc="re-encoding")
+            result.applied = s.apply_tuning(result.chosen, target, progress=progress)
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    cols = ("config", "RAM B/vec", "disk B/vec", "recall@10", "low 95%", "ms/query", "")
+    rows = [(c.label, f"{c.ram_bytes:.1f}", f"{c.disk_bytes:.1f}", f"{c.recall_at_10:.4f}", f"{c.recall_low95:.4f}",
+             f"{c.ms_per_query:.3f}", ("◀ chosen" if c is result.chosen else "★" if c.pareto else ""))
+            for c in sorted(result.candidates, key=lambda c: (c.ram_bytes, c.recall_at_10))]
+    widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
+    click.echo("\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in [cols, *rows]))
+    click.echo(f"\n{result.rows_measured:,} rows, {result.queries}; against {result.reference}; {result.seconds} s")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    c = result.chosen
+    if c is not None and c.meets:
+        click.echo(f"chosen: {c.label} ({c.ram_bytes:.1f} B/vector, recall@10 {c.recall_at_10:.4f})"
+                   + ("" if do_apply else f"; apply with: qvec tune {store} --recall {target} --apply"))
+    if result.applied:
+        a = result.applied
+        check = a["shadow_check"]
+        click.echo(f"applied: {a['previous']} -> {a['quantization']}"
+                   + (f", recall@10 {check['recall_at_10']:.4f} on other held-out queries" if check else "")
+                   + f"; undo with: qvec tune {store} --rollback")
+    elif do_apply:
+        raise QvecError("nothing applied: no configuration met the target")
+
+
+def _tune_plot(result, store, path: str) -> None:
+    from .bench import plot
+
+    records = [{"config": c.label + (" (chosen)" if c is result.chosen else ""), "bytes_per_vector": c.ram_bytes,
+                "recall_at_10": c.recall_at_10, "rescore": bool(c.oversample), "pareto": c.pareto,
+                "pareto_codes_only": False} for c in result.candidates]
+    ds = {"name": f"qvec tune {Path(store.path).name}", "n_docs": result.rows_measured, "dim": store.settings.dim,
+          "n_queries": int(result.queries.split()[0]) if result.queries.split()[0].isdigit() else 0}
+    plot({"records": records, "dataset": ds}, Path(path))
 
 
 @main.command()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import inputs, pipeline
+from . import tune as tune_mod
 from .catalog import FORMAT_VERSION
 from .config import Requested, SearchParams
 from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, check_model_precision
@@ -78,7 +79,7 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
                  lock_timeout=lock_timeout, model_precision=model_precision)
 
 
-class Store:
+class Store(tune_mod.Tuning):
     """A compressed vector store. Use ``qvec.open``; close it (or use ``with``)."""
 
     def __init__(self, path: Path, requested: Requested, embedder: Embedder | None, *, create: bool,
@@ -94,7 +95,8 @@ class Store:
         if diffs:
             self.journal.close(save=False)
             raise SettingsConflict(f"{path} was created with other settings: {', '.join(diffs)}; "
-                                   "reopen without them, or build a new store")
+                                   "reopen without them (`qvec tune STORE --recall R --apply` re-encodes a store's "
+                                   "codes), or build a new store")
 
     @writes
     def refresh(self) -> bool:
@@ -343,7 +345,7 @@ class Store:
             if index.is_ivf:
                 p = SearchParams(nprobe=index.nlist, oversample=p.oversample)  # every list, only allowed codes scored
         rescoring = s.rescore and index.is_trained
-        D, I = index.search(xq, k * p.oversample if rescoring else k, allowed=allowed, params=p)
+        D, I = index.search(xq, k * (p.oversample or s.oversample) if rescoring else k, allowed=allowed, params=p)
         return rescore(xq, I, k, self.journal.originals.read, s.metric) if rescoring else (D, I)
 
     def _hits(self, D, I, include) -> list[list[Hit]]:
