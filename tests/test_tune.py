@@ -162,3 +162,16 @@ def test_cli_report_and_tune(store_path):
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "no previous codes" in r.output
     r = runner.invoke(main, ["tune", str(store_path), "--recall", "1.5"])
     assert r.exit_code == 2
+
+
+def test_cli_tune_apply_writes_the_plot_and_reports_the_swap(store_path, tmp_path):
+    png = tmp_path / "tune.png"
+    r = CliRunner().invoke(main, ["tune", str(store_path), "--recall", "0.9", "--apply", "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    chosen = out["chosen"]
+    assert chosen["meets"] and chosen["recall_low95"] >= 0.9
+    assert out["applied"]["quantization"] == chosen["quantization"] and out["applied"]["previous"] == "int8"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with qvec.open(store_path, read_only=True) as s:
+        assert str(s.settings.codes) == chosen["quantization"]
