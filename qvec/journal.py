@@ -449,7 +449,8 @@ class Journal:
         saved first and kept, named in the state as ``previous_codes``, until the next swap
         or id compaction; a crash before the commit leaves the store as it was."""
         self.checkpoint()  # the current codes as they are now, log included: what a rollback restores
-        previous = {k: self.state.get(k) for k in self._SAVED} | {"config": self.settings.to_json()}
+        previous = {k: self.state.get(k) for k in self._SAVED} | {"config": self.settings.to_json()} \
+            if self.state.get("index_file") else None  # untrained before: no codes to go back to
         self.checkpoint(index, clear_tombstones=True, state={"config": settings.to_json(), "previous_codes": previous,
                                                              "binary_threshold": None if index.threshold is None
                                                              else index.threshold.tolist()})

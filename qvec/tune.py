@@ -41,6 +41,7 @@ BASE_ROWS = 100_000  # rows a candidate is measured on: all of them up to this
 QUERIES = 400  # held-out queries per measurement (recall@10's standard error ~0.005 at 0.95)
 CHUNK = 65_536  # rows of exact search at a time
 OVERSAMPLES = (1, 2, 4, 8)
+MIN_ROWS = 50  # fewer, and recall@10 says little
 TRAIN_ROWS = 25_000  # a candidate's training sample (PQ's k-means dominates tune's time)
 Z95 = 1.96
 
@@ -187,7 +188,7 @@ def report(store, queries: np.ndarray | None = None, n_queries: int = QUERIES, s
     elif vectors_of is not None:
         q = own_queries(live, vectors_of, n_queries, seed, s.metric)
     recall = None
-    if reference is not None and q is not None:
+    if reference is not None and q is not None and len(live) > 10:
         truth = truth_for(q, live, vectors_of, min(100, len(live) - 1), s.metric)
         r, ms = measure(s, index, q, truth, read)
         recall = {"recall_at_1": r.at.get(1), "recall_at_10": r.at.get(10), "recall_at_100": r.at.get(100),
@@ -235,8 +236,10 @@ def verdict(r: dict) -> str:
                        f"that keep more{more}.")
         elif r["recall_at_10"] >= 0.99 and r["bytes_per_vector"] > 0.15 * r["fp32_bytes_per_vector"]:
             say.append("There is room to save memory: `qvec tune STORE --recall 0.95` measures cheaper codes.")
-    else:
+    elif r["reference"] is None:
         say.append("Recall cannot be measured: the store keeps no originals and its codes cannot be decoded.")
+    else:
+        say.append("Recall is not measured on so few vectors.")
     c = r.get("calibration")
     if c and c["clipped_newest"] is not None:
         if c["retrain_would_help"]:
@@ -321,8 +324,9 @@ def tune(store, recall: float, *, max_bytes: float | None = None, queries: np.nd
     if not 0 < recall <= 1:
         raise InvalidInput(f"recall must be between 0 and 1, got {recall!r}")
     s, j = store.settings, store.journal
-    if s is None or j.live < 2:
-        raise NotTrained(f"{store.path} holds too few vectors to tune: add vectors first")
+    if s is None or j.live < MIN_ROWS:
+        raise NotTrained(f"{store.path} holds {j.live} vectors; tuning measures recall@10 on at least {MIN_ROWS}: "
+                         "add vectors first")
     t0 = time.perf_counter()
     live = store.catalog.all_fids()
     notes = []

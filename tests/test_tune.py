@@ -175,3 +175,21 @@ def test_cli_tune_apply_writes_the_plot_and_reports_the_swap(store_path, tmp_pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with qvec.open(store_path, read_only=True) as s:
         assert str(s.settings.codes) == chosen["quantization"]
+
+
+def test_tiny_and_untrained_stores_get_plain_answers(tmp_path):
+    x = np.random.default_rng(0).standard_normal((80, 16)).astype(np.float32)
+    with qvec.open(tmp_path / "tiny", quantization="fp16") as s:
+        s.add(vectors=x[:8], ids=[str(i) for i in range(8)])
+        assert "not measured on so few" in s.report()["verdict"]
+        with pytest.raises(qvec.NotTrained, match="holds 8 vectors; tuning measures recall@10 on at least"):
+            s.tune(0.9)
+    with qvec.open(tmp_path / "untrained", quantization="pq4", rescore=True) as s:
+        s.add(vectors=x, ids=[str(i) for i in range(80)])  # too few to train pq4 automatically
+        with pytest.raises(qvec.NotTrained, match="no trained codes to report on"):
+            s.report()
+        chosen = s.tune(0.5, codes=["int8", "fp16"]).chosen
+        s.apply_tuning(chosen, 0.5)  # trains the store with the chosen codes
+        assert str(s.settings.codes) == "int8" and s.is_trained
+        with pytest.raises(qvec.QvecError, match="no previous codes"):
+            s.rollback_tuning()  # there were none before
