@@ -394,7 +394,7 @@ def _tune_plot(result, store, path: str) -> None:
                 "recall_at_10": c.recall_at_10, "rescore": bool(c.oversample), "pareto": c.pareto,
                 "pareto_codes_only": False} for c in result.candidates]
     ds = {"name": f"qvec tune {Path(store.path).name}", "n_docs": result.rows_measured, "dim": store.settings.dim,
-          "n_queries": int(result.queries.split()[0]) if result.queries.split()[0].isdigit() else 0}
+          "n_queries": result.n_queries}
     plot({"records": records, "dataset": ds}, Path(path))
 
 

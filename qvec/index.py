@@ -173,6 +173,16 @@ def exact_search(xq: np.ndarray, x: np.ndarray, fids: np.ndarray, k: int, metric
     return D, np.where(pos >= 0, np.asarray(fids)[np.maximum(pos, 0)], -1)
 
 
+def search_rescored(index, xq: np.ndarray, k: int, *, read: Callable[[np.ndarray], np.ndarray] | None, metric: str,
+                    oversample: int, allowed: np.ndarray | None = None, params: SearchParams | None = None):
+    """``index``'s top k; with ``read`` (the originals), its top ``k × oversample`` re-ranked
+    by exact scores to k."""
+    if read is None:
+        return index.search(xq, k, allowed=allowed, params=params)
+    _, I = index.search(xq, k * oversample, allowed=allowed, params=params)
+    return rescore(xq, I, k, read, metric)
+
+
 def rescore(xq: np.ndarray, I: np.ndarray, k: int, read: Callable[[np.ndarray], np.ndarray], metric: str):
     """Re-rank candidate fids ``I`` (-1: none) by exact scores against ``read(fids)``'s
     vectors, keeping k per query. Each distinct candidate is read once, and FAISS scores

@@ -31,7 +31,7 @@ from .errors import (
     StorageError,
 )
 from .guard import holding, reads, storage_errors, writes
-from .index import VectorIndex, exact_search, rescore
+from .index import VectorIndex, exact_search, search_rescored
 from .journal import Journal
 from .records import Hit, Item, Stats, id_hits, metadata_of
 from .rwlock import ReadWriteLock
@@ -344,9 +344,9 @@ class Store(tune_mod.Tuning):
                 return exact_search(xq, index.reconstruct(allowed), allowed, k, s.metric)
             if index.is_ivf:
                 p = SearchParams(nprobe=index.nlist, oversample=p.oversample)  # every list, only allowed codes scored
-        rescoring = s.rescore and index.is_trained
-        D, I = index.search(xq, k * (p.oversample or s.oversample) if rescoring else k, allowed=allowed, params=p)
-        return rescore(xq, I, k, self.journal.originals.read, s.metric) if rescoring else (D, I)
+        read = self.journal.originals.read if s.rescore and index.is_trained else None
+        return search_rescored(index, xq, k, read=read, metric=s.metric, oversample=p.oversample or s.oversample,
+                               allowed=allowed, params=p)
 
     def _hits(self, D, I, include) -> list[list[Hit]]:
         if not include:  # the fast path: ids only, from the id map in RAM

@@ -31,7 +31,7 @@ from . import inputs
 from .config import DEFAULT_OVERSAMPLE, SQ, SearchParams, Settings, parse_codes
 from .errors import InvalidInput, InvalidSpec, NotTrained, QvecError
 from .guard import reads, writes
-from .index import VectorIndex, rescore
+from .index import VectorIndex, search_rescored
 from .metrics import exact_knn
 from .originals import row_bytes
 
@@ -64,15 +64,8 @@ class Queries:
 def own_queries(fids: np.ndarray, vectors_of, n: int, seed: int, metric: str) -> Queries:
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(fids), min(n, len(fids)), replace=False))
-    x = _normalised(vectors_of(fids[pick]), metric)
+    x = inputs.normalised(vectors_of(fids[pick]), metric)
     return Queries(x, fids[pick], f"{len(pick)} of the store's own vectors (seed {seed}), each held out of its answer")
-
-
-def _normalised(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
-    return x
 
 
 def _drop_own(D: np.ndarray, I: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
@@ -100,12 +93,9 @@ def exact_top(xq: np.ndarray, fids: np.ndarray, vectors_of, k: int, metric: str)
 
 def search_codes(settings: Settings, index: VectorIndex, xq: np.ndarray, k: int,
                  read: Callable[[np.ndarray], np.ndarray] | None, oversample: int | None = None):
-    """The store's unfiltered search path over ``index``: codes, then re-ranked from ``read``
-    (the originals) when the settings rescore."""
-    o = oversample or settings.oversample
-    rescoring = settings.rescore and read is not None
-    D, I = index.search(xq, k * o if rescoring else k, params=SearchParams())
-    return rescore(xq, I, k, read, settings.metric) if rescoring else (D, I)
+    """The store's unfiltered search path over ``index`` (re-ranked from ``read`` when the settings rescore)."""
+    return search_rescored(index, xq, k, read=read if settings.rescore else None, metric=settings.metric,
+                           oversample=oversample or settings.oversample, params=SearchParams())
 
 
 @dataclass
@@ -183,7 +173,7 @@ def report(store, queries: np.ndarray | None = None, n_queries: int = QUERIES, s
         reference, vectors_of, read = None, None, None
     q = None
     if queries is not None:
-        xq = _normalised(np.atleast_2d(queries), s.metric)
+        xq = inputs.normalised(np.atleast_2d(queries), s.metric)
         q = Queries(xq, np.full(len(xq), -1, np.int64), f"{len(xq)} queries given")
     elif vectors_of is not None:
         q = own_queries(live, vectors_of, n_queries, seed, s.metric)
@@ -200,9 +190,8 @@ def report(store, queries: np.ndarray | None = None, n_queries: int = QUERIES, s
              "fixed_per_vector": round((stats.fixed_bytes or 0) / max(1, stats.count), 3)}
     disk = dict(stats.disk_bytes)
     prev = j.state.get("previous_codes") or {}
-    dead = {"deleted_originals": stats.dead_original_bytes,
-            "sqlite_free_pages": store.catalog.free_bytes(),
-            "previous_codes": prev.get("index_size", 0) if prev else 0}
+    dead = {"deleted_originals": stats.dead_original_bytes, "sqlite_free_pages": store.catalog.free_bytes(),
+            "previous_codes": prev.get("index_size", 0)}
     calibration = None
     if isinstance(s.codes, SQ) and s.rescore:
         n = min(2000, len(live) // 2)
@@ -214,7 +203,7 @@ def report(store, queries: np.ndarray | None = None, n_queries: int = QUERIES, s
            "bytes_per_vector": round(bpv, 2), "bytes": parts, "fixed_bytes": stats.fixed_bytes,
            "fp32_bytes_per_vector": 4 * s.dim, "disk_bytes": disk, "dead_bytes": dead,
            "reference": reference, "queries": q.source if q is not None else None, **(recall or {}),
-           "calibration": calibration, "previous_codes": prev.get("config", {}).get("quantization") if prev else None}
+           "calibration": calibration, "previous_codes": prev.get("config", {}).get("quantization")}
     out["verdict"] = verdict(out)
     return out
 
@@ -278,6 +267,7 @@ class TuneResult:
     target: float
     max_bytes: float | None
     rows_measured: int
+    n_queries: int
     queries: str
     reference: str
     candidates: list[Candidate]
@@ -305,15 +295,11 @@ def candidate_codes(settings: Settings) -> list[str]:
     out = []
     for spec in specs:
         try:
-            Settings(**(_fields(settings) | {"codes": parse_codes(spec)}))
+            dataclasses.replace(settings, codes=parse_codes(spec))
         except (InvalidSpec, InvalidInput):
             continue
         out.append(spec)
     return out
-
-
-def _fields(s: Settings) -> dict:
-    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
 
 
 def tune(store, recall: float, *, max_bytes: float | None = None, queries: np.ndarray | None = None,
@@ -343,31 +329,25 @@ def tune(store, recall: float, *, max_bytes: float | None = None, queries: np.nd
     if len(base) < len(live):
         notes.append(f"measured on {len(base):,} of {len(live):,} rows: recall on the whole store is usually a little "
                      "lower (more near neighbours compete)")
-    x = np.ascontiguousarray(_normalised(vectors_of(base), s.metric))
-    pos = {int(f): i for i, f in enumerate(base.tolist())}
-
-    def local(fids):
-        return x[[pos[int(f)] for f in fids]]
-
-    if queries is not None:
-        xq = _normalised(np.atleast_2d(queries), s.metric)
-        q = Queries(xq, np.full(len(xq), -1, np.int64), f"{len(xq)} queries given")
-    else:
-        q = own_queries(base, local, n_queries, 3, s.metric)
-    truth = truth_for(q, base, local, 10, s.metric)
-    fids = np.arange(len(base), dtype=np.int64)
-    truth = np.where(truth >= 0, np.searchsorted(base, truth), -1)  # fids -> positions, the candidates' ids
-    q = Queries(q.x, np.where(q.own >= 0, np.searchsorted(base, q.own), -1), q.source)
+    x = inputs.normalised(vectors_of(base), s.metric)
+    fids = np.arange(len(base), dtype=np.int64)  # the candidates hold the sample's positions as ids
 
     def read(p):
         return x[p]
+
+    if queries is not None:
+        xq = inputs.normalised(np.atleast_2d(queries), s.metric)
+        q = Queries(xq, np.full(len(xq), -1, np.int64), f"{len(xq)} queries given")
+    else:
+        q = own_queries(fids, read, n_queries, 3, s.metric)
+    truth = truth_for(q, fids, read, 10, s.metric)
 
     specs = codes or candidate_codes(s)
     rows: list[Candidate] = []
     for n, spec in enumerate(specs):
         if progress:
             progress(spec, n, len(specs))
-        cs = Settings(**(_fields(s) | {"codes": parse_codes(spec)}))
+        cs = dataclasses.replace(s, codes=parse_codes(spec))
         t = time.perf_counter()
         try:  # codebooks learn from at most TRAIN_ROWS: apply trains on more, and checks what it got
             sample = x if len(x) <= TRAIN_ROWS else x[rng.choice(len(x), TRAIN_ROWS, replace=False)]
@@ -396,13 +376,13 @@ def tune(store, recall: float, *, max_bytes: float | None = None, queries: np.nd
         chosen = max(under, key=lambda c: (c.recall_at_10, -c.ram_bytes)) if under else None
         notes.append("no configuration met the target" + (f" within {max_bytes:g} B" if max_bytes else "")
                      + (f": the best one is {chosen.label} ({chosen.recall_at_10:.3f})" if chosen else ""))
-    return TuneResult(recall, max_bytes, len(base), q.source, reference, rows, chosen,
+    return TuneResult(recall, max_bytes, len(base), len(q.x), q.source, reference, rows, chosen,
                       round(time.perf_counter() - t0, 1), notes)
 
 
 def settings_for(settings: Settings, c: Candidate) -> Settings:
-    return Settings(**(_fields(settings) | {"codes": parse_codes(c.quantization),
-                                           "oversample": c.oversample or DEFAULT_OVERSAMPLE}))
+    return dataclasses.replace(settings, codes=parse_codes(c.quantization),
+                               oversample=c.oversample or DEFAULT_OVERSAMPLE)
 
 
 def apply(store, c: Candidate, recall: float, *, n_queries: int = QUERIES,
