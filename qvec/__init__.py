@@ -7,6 +7,7 @@
 """
 
 from .errors import (
+    BuildIncomplete,
     CheckpointDeferred,
     CorruptStore,
     DimensionMismatch,
@@ -18,6 +19,7 @@ from .errors import (
     InvalidFilter,
     InvalidInput,
     InvalidSpec,
+    MissingExtra,
     NotTrained,
     QvecError,
     ReadOnlyStore,
@@ -59,6 +61,8 @@ __all__ = [
     "StoreClosed",
     "StoreLocked",
     "ReadOnlyStore",
+    "BuildIncomplete",
+    "MissingExtra",
     "TextTruncated",
     "CheckpointDeferred",
 ]

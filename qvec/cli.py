@@ -77,24 +77,41 @@ def main(debug):
 @click.option("--no-rescore", is_flag=True, help="keep no originals (the default for a new store)")
 @click.option("--upsert", is_flag=True, help="replace rows whose id exists (default: skip them)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--shards", type=click.IntRange(1, 4096), default=None,
+              help="build a sharded store of N shards on Ray (qvec[ray]): embedded by a pool of workers, codes "
+                   "trained once and shared by every shard")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="the Ray cluster for --shards: --ray alone (or no --ray) starts one on this machine; "
+                   "--ray auto, --ray ray://host:10001 join one")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="embedding workers for --shards (default: one per 2 CPUs of the cluster)")
 def build(store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
-          batch_size, rescore, no_rescore, upsert, quiet):
+          batch_size, rescore, no_rescore, upsert, quiet, shards, ray_address, workers):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
     metadata optionally from a .jsonl beside it as NAME.jsonl).
 
-    Re-running with the same input adds only ids not yet stored.
+    Re-running with the same input adds only ids not yet stored (and resumes a sharded
+    build that did not finish).
 
     \b
     Example:
       qvec build docs.qvec corpus.jsonl --quantization int8 --metadata-fields lang,year
+      qvec build big.qvec part-*.parquet --shards 4 --ray auto
     """
     t0 = time.perf_counter()
     for path in inputs:
         if path != "-" and not Path(path).is_file():
             raise InputFileError(f"{path}: no such file")
-    created = not Path(store).exists()
     rescore = False if no_rescore else True if rescore == "on" else rescore
+    if shards is not None or ray_address is not None:
+        if upsert:
+            raise click.UsageError("--upsert is for single stores: a sharded build adds ids not yet stored")
+        return _build_sharded(store, inputs, shards, ray_address, workers, quiet, quantization=quantization,
+                              index=index, model=model, model_precision=model_precision, rescore=rescore,
+                              text_field=text_field, id_field=id_field, metadata_fields=metadata_fields,
+                              batch_size=batch_size)
+    created = not Path(store).exists()
     s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
                    model_precision=model_precision)
     added = skipped = 0
@@ -124,6 +141,23 @@ def build(store, inputs, quantization, index, model, model_precision, text_field
     seconds = time.perf_counter() - t0
     click.echo(f"{st['count']} vectors in {store} (+{added} added, {skipped} already stored): {mem}; "
                f"{seconds:.1f}s, {added / seconds:,.1f} documents/s")
+
+
+def _build_sharded(store, inputs, shards, address, workers, quiet, **spec):
+    from .distributed import build as build_sharded
+    from .shards import MANIFEST, read_manifest
+
+    if shards is None:  # --ray alone: an existing sharded store's own count
+        if not (Path(store) / MANIFEST).exists():
+            raise click.UsageError("--ray needs --shards N for a new store")
+        shards = len(read_manifest(Path(store))["shards"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TextTruncated)
+        r = build_sharded(store, list(inputs), shards=shards, address=address, workers=workers, progress=not quiet,
+                          **spec)
+    mem = f"{r.bytes_per_vector:.1f} bytes/vector in RAM" if r.bytes_per_vector else "no vectors"
+    click.echo(f"{r.count} vectors in {store} over {r.shards} shards (+{r.added} added, {r.skipped} already stored): "
+               f"{mem}; {r.seconds:.1f}s, {r.docs_per_s:,.1f} documents/s")
 
 
 def _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet):
@@ -242,6 +276,8 @@ def info(store, as_json):
         return
     params = st.get("trained_parameters", {})
     lines = [f"store        {st['path']}", f"count        {st['count']}"]
+    if st.get("shards", 1) > 1:
+        lines.append(f"shards       {st['shards']} (sizes and bytes added up over them)")
     if st.get("dim"):
         rescore = f"from {st['originals']} originals" if st["rescore"] else "off"
         lines += [

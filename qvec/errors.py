@@ -19,7 +19,9 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     ├── IncompatibleStore                  a store written by a newer format version
     ├── EmbedderError                      the embedding model cannot load or run
     ├── StoreLocked                        another process has the store open for writing
-    └── ReadOnlyStore                      a write to a store opened read_only=True
+    ├── ReadOnlyStore                      a write to a store opened read_only=True
+    ├── BuildIncomplete                    a sharded build that has not finished (re-run it to resume)
+    └── MissingExtra (ImportError)         a feature whose optional extra is not installed (qvec[ray])
 
 Warnings, not errors: ``CheckpointDeferred`` when a write is committed but saving the index
 after it failed (the rows are safe in the log), and ``TextTruncated`` (a ``UserWarning``) when a text is longer than the
@@ -48,6 +50,8 @@ __all__ = [
     "EmbedderError",
     "StoreLocked",
     "ReadOnlyStore",
+    "BuildIncomplete",
+    "MissingExtra",
     "TextTruncated",
     "CheckpointDeferred",
 ]
@@ -130,6 +134,14 @@ class StoreLocked(QvecError):
 
 class ReadOnlyStore(QvecError):
     """A write to a store opened with ``read_only=True``."""
+
+
+class BuildIncomplete(QvecError):
+    """A sharded store whose build has not finished: no manifest names its shards yet."""
+
+
+class MissingExtra(QvecError, ImportError):
+    """A feature whose optional dependencies are not installed (``pip install "qvec[ray]"``)."""
 
 
 class TextTruncated(UserWarning):

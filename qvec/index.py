@@ -33,9 +33,12 @@ Choices the FAISS API forces, in one place:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -43,7 +46,7 @@ import numpy as np
 from .config import HNSW, IVF, SQ, RaBitQ, SearchParams, Settings
 from .errors import CorruptStore, NotTrained
 
-__all__ = ["VectorIndex", "ExactBuffer", "empty_index", "exact_search", "rescore", "new_index",
+__all__ = ["VectorIndex", "ExactBuffer", "TrainedCodes", "empty_index", "exact_search", "rescore", "new_index",
            "one_faiss_thread", "FAISS_VERSION"]
 
 # Fewer queries than this search on one FAISS thread: FAISS splits a batch by query, so
@@ -603,3 +606,42 @@ class VectorIndex:
         if s.codes.kind.startswith("opq"):
             out["opq_rotation"] = [s.codes.rotated_dim(s.dim), s.dim]
         return out
+
+
+@dataclass(frozen=True)
+class TrainedCodes:
+    """What training learned (scales, codebooks, rotations, centroids, binary thresholds), with
+    the settings it was learned for and no vectors: what the shards of one store share, so
+    that their scores compare and merged results equal one store's."""
+
+    settings: Settings
+    index: bytes  # the serialised FAISS index, emptied
+    threshold: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, index: VectorIndex) -> TrainedCodes:
+        t = None if index.threshold is None else tuple(np.asarray(index.threshold, np.float64).tolist())
+        return cls(index.settings, index.emptied().serialize(), t)
+
+    def to_bytes(self) -> bytes:
+        head = json.dumps({"settings": self.settings.to_json(), "threshold": self.threshold}).encode()
+        return len(head).to_bytes(8, "little") + head + self.index
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> TrainedCodes:
+        try:
+            n = int.from_bytes(data[:8], "little")
+            head = json.loads(data[8 : 8 + n])
+            t = head["threshold"]
+            return cls(Settings.from_json(head["settings"]), bytes(data[8 + n :]), None if t is None else tuple(t))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStore(f"{where} is not a trained-codes file qvec wrote ({e}): rebuild the store") from None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
+
+    def fresh(self) -> VectorIndex:
+        """A new, empty index with these trained parameters."""
+        threshold = None if self.threshold is None else np.asarray(self.threshold, np.float32)
+        return VectorIndex.deserialize(self.settings, self.index, threshold)

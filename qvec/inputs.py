@@ -63,11 +63,14 @@ def normalised(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def check_batch(texts: Any, vectors: Any, ids: Any, metadata: Any, dim: int | None):
-    """One batch for add/upsert: (texts or None, vectors or None, ids, metadata JSON per row)."""
-    if (texts is None) == (vectors is None):
-        raise InvalidInput("pass either texts or vectors=, not both or neither")
+    """One batch for add/upsert: (texts or None, vectors or None, ids, metadata JSON per row).
+    Texts with vectors: the texts are stored and the given vectors used (nothing embedded)."""
+    if texts is None and vectors is None:
+        raise InvalidInput("nothing to add: pass texts, vectors=, or both")
     texts = None if texts is None else check_texts(texts)
     x = None if vectors is None else as_matrix(vectors, dim)
+    if texts is not None and x is not None and len(texts) != len(x):
+        raise InvalidInput(f"got {len(texts)} texts and {len(x)} vectors: pass one vector per text")
     n = len(texts) if texts is not None else len(x)
     if n == 0:
         raise InvalidInput("nothing to add: the batch is empty")

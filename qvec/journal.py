@@ -30,8 +30,8 @@ import numpy as np
 
 from .catalog import Catalog
 from .config import Settings
-from .errors import CorruptStore, InvalidInput, QvecError, StoreLocked, StoreNotFound
-from .index import CHUNK, ExactBuffer, VectorIndex, empty_index
+from .errors import CorruptStore, InvalidInput, NotTrained, QvecError, SettingsConflict, StoreLocked, StoreNotFound
+from .index import CHUNK, ExactBuffer, TrainedCodes, VectorIndex, empty_index
 from .originals import Originals
 
 __all__ = ["WriterLock", "Journal", "IndexFileGone", "CHECKPOINT_ROWS"]
@@ -336,6 +336,24 @@ class Journal:
             if not index.removes_in_place:
                 self.catalog.add_tombstones(fids)
 
+    def adopt(self, codes: TrainedCodes) -> None:
+        """Train with another store's learned codes (``Store.train(codes=...)``)."""
+        if self.settings is None:
+            self.fix_settings(codes.settings)
+            if not codes.settings.needs_training:
+                return  # fp32/fp16/bf16 flat, or HNSW over them: nothing was learned to share
+        elif self.settings != codes.settings:
+            raise SettingsConflict(f"{self.path} holds {self.settings.codes}/{self.settings.index} "
+                                   f"{self.settings.dim}-dim codes, the trained codes are for {codes.settings.codes}/"
+                                   f"{codes.settings.index} {codes.settings.dim}-dim: use codes trained for it")
+        if self.index is not None and self.index.is_trained:
+            raise NotTrained(f"{self.path} is already trained: use retrain() to learn its codes again")
+        try:
+            fresh = codes.fresh()
+        except ValueError as e:
+            raise InvalidInput(f"the trained codes cannot be read ({e})") from None
+        self.train(trained=fresh)
+
     def fix_settings(self, settings: Settings) -> None:
         """Record a new store's settings before any row (``train(vectors)`` on an empty store)."""
         with self.catalog.transaction():
@@ -356,11 +374,12 @@ class Journal:
         return None
 
     # -- saving -------------------------------------------------------------------------------
-    def train(self, x: np.ndarray | None = None) -> None:
-        """Learn the codes from ``x`` (default: the vectors waiting in the exact buffer), move
-        every waiting vector into them, and save."""
+    def train(self, x: np.ndarray | None = None, trained: VectorIndex | None = None) -> None:
+        """Learn the codes from ``x`` (default: the vectors waiting in the exact buffer), or take
+        ``trained`` (an empty index trained elsewhere), move every waiting vector into them, and save."""
         waiting = self.index
-        trained = VectorIndex.trained(self.settings, waiting.vectors() if x is None else x)
+        if trained is None:
+            trained = VectorIndex.trained(self.settings, waiting.vectors() if x is None else x)
         trained.add(waiting.vectors(), waiting.fids())
         self.checkpoint(trained)
 

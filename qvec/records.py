@@ -106,6 +106,7 @@ class Stats:
     id_map_bytes: int = 0  # RAM of the fid -> id map searches answer from (0 until the first search)
     disk_bytes: dict[str, int] = field(default_factory=dict)
     trained_parameters: dict[str, Any] = field(default_factory=dict)
+    shards: int = 1  # a sharded store: its shards' accounting added up (``qvec.shards``)
 
     @classmethod
     def of(cls, path, count: int, format_version: int, settings, index, log_rows: int, disk: dict[str, int],

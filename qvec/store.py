@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inputs, pipeline
+from . import inputs, pipeline, shards
 from . import tune as tune_mod
 from .catalog import FORMAT_VERSION
 from .config import Requested, SearchParams
@@ -31,7 +31,7 @@ from .errors import (
     StorageError,
 )
 from .guard import holding, reads, storage_errors, writes
-from .index import VectorIndex, exact_search, search_rescored
+from .index import TrainedCodes, VectorIndex, exact_search, search_rescored
 from .journal import Journal
 from .records import Hit, Item, Stats, id_hits, metadata_of
 from .rwlock import ReadWriteLock
@@ -44,10 +44,9 @@ EXACT_FILTER_ROWS = 4096
 
 
 def open(path: str | os.PathLike, *, quantization: str | None = None, index: str | None = None,
-         metric: str | None = None, model: str | None = None, rescore: bool | str | None = None,
-         dim: int | None = None,
+         metric: str | None = None, model: str | None = None, rescore: bool | str | None = None, dim: int | None = None,
          range_stat: str | None = None, model_precision: str | None = None, embedder: Embedder | None = None,
-         create: bool = True, read_only: bool = False, lock_timeout: float | None = 0) -> Store:
+         create: bool = True, read_only: bool = False, lock_timeout: float | None = 0, ray: str | None = None):
     """Create the store at ``path``, or reopen it. Every argument is checked here.
 
     Defaults when creating: quantization="int8", index="flat", metric="cosine",
@@ -65,6 +64,9 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
     ``read_only=True`` opens a snapshot beside a writer, any number of times: every read
     (search, get, ids, len, vectors, stats) sees the store as committed when it opened (or
     last called ``refresh()``), and nothing after.
+
+    A sharded store (``qvec build --shards N``) opens as a ``ShardedStore``, searched by threads
+    or, with ``ray="auto"``/``"ray://host:10001"``/``"local"``, by Ray actors holding the shards.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidInput(f"path must be a directory path (str or Path), got {type(path).__name__}")
@@ -75,6 +77,9 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
     inputs.check_lock_timeout(lock_timeout)
     if model_precision is not None:
         check_model_precision(model_precision)
+    if shards.is_sharded(Path(path)) or ray is not None:
+        return shards.open_sharded(Path(path), requested, open, embedder=embedder, read_only=read_only,
+                                   lock_timeout=lock_timeout, model_precision=model_precision, ray=ray)
     return Store(Path(path), requested, embedder, create=create and not read_only, read_only=read_only,
                  lock_timeout=lock_timeout, model_precision=model_precision)
 
@@ -150,8 +155,8 @@ class Store(tune_mod.Tuning):
 
     # -- writes -------------------------------------------------------------------------------
     def add(self, texts=None, *, vectors=None, ids=None, metadata=None) -> list[str]:
-        """Add texts (embedded with the store's model) or vectors (n, dim). Returns the ids.
-        An id that exists already is a ``DuplicateId``: use ``upsert`` to replace."""
+        """Add texts (embedded with the store's model), vectors (n, dim), or texts with their own
+        vectors (nothing embedded). Returns the ids; an existing id is a ``DuplicateId``."""
         return self._write(texts, vectors, ids, metadata, upsert=False)
 
     def upsert(self, texts=None, *, vectors=None, ids=None, metadata=None) -> list[str]:
@@ -169,11 +174,11 @@ class Store(tune_mod.Tuning):
             s = self.settings
             texts, x, ids, metas = inputs.check_batch(texts, vectors, ids, metadata,
                                                       s.dim if s else self._requested.given.get("dim"))
-            if texts is not None and s is not None:
+            if x is None and s is not None:
                 s.check_embedding_precision(self.model_precision, self.path)
             if not upsert:
                 self.catalog.refuse_existing(ids)  # before embedding: a duplicate should not cost the model's time
-        return texts, self._embed(texts) if texts is not None else x, ids, metas
+        return texts, x if x is not None else self._embed(texts), ids, metas
 
     def _writable(self) -> None:
         if self.read_only:
@@ -230,11 +235,12 @@ class Store(tune_mod.Tuning):
             self.checkpoint(compact=due == "compact")
 
     @writes
-    def train(self, vectors=None) -> None:
-        """Train the codes (scales, codebooks, centroids) on ``vectors`` or on the vectors
-        waiting in the store, then index every waiting vector. ``retrain()`` learns a trained
-        store's codes again."""
+    def train(self, vectors=None, *, codes: TrainedCodes | None = None) -> None:
+        """Train the codes (scales, codebooks, centroids) on ``vectors``, the waiting vectors, or
+        take another store's ``trained_codes()``; then index what waits. See also ``retrain()``."""
         self._writable()
+        if codes is not None:
+            return self.journal.adopt(codes)
         if self.settings is None and vectors is None:
             raise NotTrained("the store is empty: add vectors first, or pass vectors to train on")
         if self.is_trained:
@@ -247,6 +253,13 @@ class Store(tune_mod.Tuning):
                 self.journal.fix_settings(self._requested.settings(x.shape[1], self.model_precision, DEFAULT_MODEL))
             x = inputs.normalised(x, self.settings.metric)
         self.journal.train(None if vectors is None else x)
+
+    @reads
+    def trained_codes(self) -> TrainedCodes:
+        """What training learned, without the vectors: for another store's ``train(codes=)``."""
+        if self.is_trained:
+            return TrainedCodes.of(self.journal.index)
+        raise NotTrained(f"{self.path} is not trained yet: add more vectors or call train()")
 
     @writes
     def retrain(self) -> None:
