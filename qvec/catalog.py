@@ -51,6 +51,23 @@ CREATE TABLE IF NOT EXISTS vector_log (
 CREATE TABLE IF NOT EXISTS tombstones (fid INTEGER PRIMARY KEY);
 """
 
+# The full-text index of items.text (qvec.hybrid): external content, so the texts are stored
+# once; triggers keep it in step inside every write's transaction. Written out rather than
+# through sqlite-utils' enable_fts, whose separate scripts commit between the table and its
+# triggers: a crash there would leave an index that silently stops following the rows.
+_FTS = (
+    "CREATE VIRTUAL TABLE items_fts USING fts5(text, content='items', content_rowid='fid', "
+    "tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER items_fts_ai AFTER INSERT ON items BEGIN "
+    "INSERT INTO items_fts (rowid, text) VALUES (new.fid, new.text); END",
+    "CREATE TRIGGER items_fts_ad AFTER DELETE ON items BEGIN "
+    "INSERT INTO items_fts (items_fts, rowid, text) VALUES ('delete', old.fid, old.text); END",
+    "CREATE TRIGGER items_fts_au AFTER UPDATE ON items BEGIN "
+    "INSERT INTO items_fts (items_fts, rowid, text) VALUES ('delete', old.fid, old.text); "
+    "INSERT INTO items_fts (rowid, text) VALUES (new.fid, new.text); END",
+    "INSERT INTO items_fts (items_fts) VALUES ('rebuild')",
+)
+
 
 class Catalog:
     """The store's SQLite database."""
@@ -135,6 +152,7 @@ class Catalog:
             for stmt in filter(str.strip, _SCHEMA.split(";")):  # executescript() would COMMIT
                 self.conn.execute(stmt)
             self.put_state({"format_version": FORMAT_VERSION, "next_fid": 0, "store_id": uuid.uuid4().hex})
+            self.create_fts()
 
     def migrate(self) -> None:
         """Format 1 → 2, in one transaction: tables renamed to say what they hold."""
@@ -333,6 +351,25 @@ class Catalog:
         if len(fids) > 1 and not (fids[1:] > fids[:-1]).all():  # one index range comes sorted
             fids = np.unique(fids)
         return fids
+
+    # -- full text
+    def has_fts(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone() is not None
+
+    def create_fts(self) -> None:
+        """The full-text index and its triggers, filled from the stored texts (in the caller's transaction)."""
+        for stmt in _FTS:
+            self.conn.execute(stmt)
+
+    def keyword(self, match: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(BM25 scores, fids) of the k rows whose text best matches the FTS5 expression, best first."""
+        sql = "SELECT rowid, -bm25(items_fts) FROM items_fts WHERE items_fts MATCH ?"
+        params: list = [match]
+        if allowed is not None:
+            sql += " AND rowid IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(np.asarray(allowed).tolist()))
+        rows = self.conn.execute(sql + " ORDER BY bm25(items_fts) LIMIT ?", [*params, int(k)]).fetchall()
+        return (np.array([r[1] for r in rows], np.float32), np.array([r[0] for r in rows], np.int64))
 
     # -- the vector log: what the saved index does not hold yet
     def log(self, op: str, fids, vectors: np.ndarray | None = None) -> None:

@@ -223,15 +223,19 @@ def _build_vectors(s, path, upsert):
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth")
 @click.option("--oversample", type=int, default=None, help="candidates per hit to rescore")
 @click.option("--queries-file", type=click.File(), default=None, help="one query per line ('-' for stdin)")
+@click.option("--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default="vector", show_default=True,
+              help="nearest vectors, BM25 over the stored texts, or both fused by reciprocal rank")
 @click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
               help="embed the queries at this precision (default: the store's)")
 @click.pass_context
-def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file, model_precision):
+def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file, model_precision,
+           mode):
     """Search STORE for each QUERY (text).
 
     \b
     Example:
       qvec search docs.qvec "which animal purrs?" -k 5 --where '{"lang": "en"}'
+      qvec search docs.qvec "os.fsync durability" --mode hybrid
     """
     queries = list(queries) + ([l.strip() for l in queries_file if l.strip()] if queries_file else [])
     if not queries:
@@ -242,7 +246,16 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
         raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
     params = {k_: v for k_, v in (("nprobe", nprobe), ("ef_search", ef_search), ("oversample", oversample)) if v}
     with open_store(store, read_only=True, model_precision=model_precision) as s:
-        results = s.search_batch(queries, k, where=filt, **params)
+        building = mode != "vector" and not s.has_fulltext
+    if building:  # a store made before qvec had full text: indexed once, by a writer
+        click.echo(f"{store}: building its full-text index (once)", err=True)
+        with open_store(store) as w:
+            w.enable_fulltext()
+    with open_store(store, read_only=True, model_precision=model_precision) as s:
+        if mode == "vector":
+            results = s.search_batch(queries, k, where=filt, **params)
+        else:
+            results = [s.search(q, k, where=filt, mode=mode, **params) for q in queries]
     out = io.StringIO()
     for q, hits in zip(queries, results):
         if as_json:

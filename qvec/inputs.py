@@ -197,3 +197,14 @@ def check_include(include: Any) -> tuple[str, ...]:
     if set(include) - set(INCLUDE):
         raise InvalidInput(f"include takes 'text' and/or 'metadata', got {include!r}")
     return include
+
+
+def one_query(query):
+    """search()'s one query as search_batch() takes it: [text], or a (1, d) array."""
+    if isinstance(query, str):
+        return [query]
+    q = np.asarray(query)
+    if q.ndim != 1:
+        raise InvalidInput(f"search() takes one query (a string or a 1-D vector), got shape {q.shape}: "
+                           "use search_batch() for several")
+    return q[None, :]

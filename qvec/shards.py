@@ -50,6 +50,7 @@ from .errors import (
     SettingsConflict,
     StoreClosed,
 )
+from .hybrid import check_mode
 from .index import TrainedCodes
 from .records import Hit, Stats
 
@@ -119,6 +120,8 @@ def read_manifest(path: Path) -> dict:
 
 def open_sharded(path: Path, requested: Requested, open_store, *, embedder=None, read_only: bool = False,
                  lock_timeout: float | None = 0, model_precision: str | None = None, ray=None) -> ShardedStore:
+    if not is_sharded(path):
+        raise InvalidInput(f"{path} is not a sharded store: ray= opens one that qvec build --shards N made")
     m = read_manifest(path)
     settings: Settings = m["settings"]
     diffs = requested.conflicts(settings)
@@ -349,14 +352,18 @@ class ShardedStore:
                 out[p] = item
         return out
 
-    def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, **params) -> list[Hit]:
-        if not isinstance(query, str):
-            query = np.asarray(query)
-            if query.ndim != 1:
-                raise InvalidInput(f"search() takes one query (a string or a 1-D vector), got shape {query.shape}: "
-                                   "use search_batch() for several")
-        return self.search_batch([query] if isinstance(query, str) else query[None, :], k, where=where,
-                                 include=include, **params)[0]
+    def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, mode="vector", **params) -> list[Hit]:
+        if check_mode(mode) != "vector":  # BM25 statistics are per shard: their scores do not merge as they are
+            raise InvalidInput(f"mode={mode!r} is not supported on a sharded store yet: use mode='vector'")
+        return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
+
+    @property
+    def has_fulltext(self) -> bool:
+        return all(self._each("__getattribute__", None, "has_fulltext"))
+
+    def enable_fulltext(self) -> None:
+        self._writable()
+        self._each("enable_fulltext")
 
     def search_batch(self, queries, k: int = 10, *, where=None, include=inputs.INCLUDE, **params):
         """Every shard's top k for each query (re-ranked in the shard when it rescores), merged."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inputs, pipeline, shards
+from . import hybrid, inputs, pipeline, shards
 from . import tune as tune_mod
 from .catalog import FORMAT_VERSION
 from .config import Requested, SearchParams
@@ -84,7 +84,7 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
                  lock_timeout=lock_timeout, model_precision=model_precision)
 
 
-class Store(tune_mod.Tuning):
+class Store(tune_mod.Tuning, hybrid.Hybrid):
     """A compressed vector store. Use ``qvec.open``; close it (or use ``with``)."""
 
     def __init__(self, path: Path, requested: Requested, embedder: Embedder | None, *, create: bool,
@@ -321,15 +321,12 @@ class Store(tune_mod.Tuning):
         fids = np.array([f for _, f in self.catalog.lookup(ids, self.catalog.fids_of)], dtype=np.int64)
         return self.journal.stored_vectors(fids)
 
-    def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, **params) -> list[Hit]:
-        """The k nearest rows to a text or a vector, best first."""
-        if not isinstance(query, str):
-            query = np.asarray(query)
-            if query.ndim != 1:
-                raise InvalidInput(f"search() takes one query (a string or a 1-D vector), got shape {query.shape}: "
-                                   "use search_batch() for several")
-        return self.search_batch([query] if isinstance(query, str) else query[None, :], k, where=where,
-                                 include=include, **params)[0]
+    def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, mode="vector", **params) -> list[Hit]:
+        """The k nearest rows to a text or a vector, best first; ``mode="keyword"`` or ``"hybrid"``
+        (``text=``, ``weights=``, ``rrf_k=``): BM25 over the texts, alone or fused (``qvec.hybrid``)."""
+        if hybrid.check_mode(mode) != "vector":
+            return self._search_words(query, k, where=where, include=include, mode=mode, **hybrid.options(params))
+        return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
 
     def search_batch(self, queries, k: int = 10, *, where=None, include=inputs.INCLUDE, **params):
         """search() for a list of strings or an (nq, dim) array: one list of Hits per query.

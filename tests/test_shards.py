@@ -154,6 +154,8 @@ def test_cli_builds_a_sharded_store_from_text(tmp_path, corpus):
     assert r.exit_code == 0 and "shards       2" in r.output, r.output
     r = runner.invoke(main, ["search", str(tmp_path / "t"), corpus[0][5].replace("\n", " ")[:200], "-k", "3"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["search", str(tmp_path / "t"), "objects", "--mode", "hybrid"])
+    assert r.exit_code == 1 and "not supported on a sharded store" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["build", str(tmp_path / "t"), str(tmp_path / "p.txt"), "--shards", "3", "--quiet"])
     assert r.exit_code != 0 and "2 shards, not 3" in r.output and "Traceback" not in r.output
 
@@ -165,6 +167,8 @@ def test_texts_and_their_own_vectors_are_stored_together(tmp_path, corpus):
         assert s.get(["d3"])[0].text == texts[3]
         assert np.allclose(s.vectors(["d3"])[0], xb[3] / np.linalg.norm(xb[3]), atol=1e-3)
         assert s.search(xb[3], k=1)[0].text == texts[3]
+        with pytest.raises(qvec.InvalidInput, match="not a sharded store"):
+            qvec.open(tmp_path / "s", ray="auto")
         with pytest.raises(qvec.InvalidInput, match="2 texts and 3 vectors"):
             s.add(texts[:2], vectors=xb[:3])
         with pytest.raises(qvec.InvalidInput, match="nothing to add"):
