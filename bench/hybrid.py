@@ -8,8 +8,8 @@ the time per query, through the store.
   its 1,000 headword queries ("aspalathus"), relevant = every sense of that headword. The
   look-up a dictionary user makes: the word is in the text, and MiniLM knows rare words badly.
 - fortunes: the 13,910 Debian fortunes of bench/data/fortunes; 1,000 known-item queries,
-  each the first line (up to 8 words) of a stored fortune of two or more lines, relevant =
-  that fortune and its exact copies. What someone remembering how a quote starts types.
+  each the first 8 words of a stored fortune of 16 or more words, relevant = that fortune
+  and its exact copies. What someone remembering how a quote starts types.
 
 Stores are int8/flat built from the prepared embeddings (texts with their own vectors:
 nothing is embedded but the queries). Hybrid is RRF with k=60 and equal weights.
@@ -34,7 +34,7 @@ from qvec.metrics import hit_at_k, mrr_at_k
 HERE = Path(__file__).parent
 DATA = HERE / "data"
 K = 10
-MODES = ("vector", "keyword", "hybrid")
+MODES = ("vector", "keyword", "hybrid", "hybrid w=1:2")  # the last weighs the keyword half twice
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -54,9 +54,9 @@ def fortunes():
     for d in docs:
         by_text.setdefault(d["text"], []).append(d["id"])
     rng = np.random.default_rng(0)
-    multi = [d for d in docs if len([ln for ln in d["text"].splitlines() if ln.strip()]) >= 2]
-    picked = [multi[i] for i in rng.choice(len(multi), 1000, replace=False)]
-    qs = [" ".join(next(ln for ln in d["text"].splitlines() if ln.strip()).split()[:8]) for d in picked]
+    long = [d for d in docs if len(d["text"].split()) >= 16]
+    picked = [long[i] for i in rng.choice(len(long), 1000, replace=False)]
+    qs = [" ".join(d["text"].split()[:8]) for d in picked]
     return docs, np.load(DATA / "fortunes" / "xb.npy"), qs, [by_text[d["text"]] for d in picked]
 
 
@@ -77,8 +77,12 @@ def run(name: str, docs, xb, queries, relevant, model, work: Path) -> list[dict]
             ids, times = [], []
             for q, v in zip(queries, xq):
                 t = time.perf_counter()
-                hits = s.search(v, K, mode=mode, text=q, include=()) if mode != "keyword" else \
-                    s.search(q, K, mode=mode, include=())
+                if mode == "keyword":
+                    hits = s.search(q, K, mode=mode, include=())
+                elif mode.startswith("hybrid"):
+                    hits = s.search(v, K, mode="hybrid", text=q, include=(), weights=(1, 2 if "w=" in mode else 1))
+                else:
+                    hits = s.search(v, K, include=())
                 times.append(time.perf_counter() - t)
                 ids.append([h.id for h in hits] + [""] * (K - len(hits)))
             rows.append({"corpus": name, "mode": mode, "docs": len(docs), "queries": len(queries),

@@ -27,6 +27,7 @@ system), as a Lance or Parquet dataset's would be.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -292,6 +293,8 @@ def build(store: str | os.PathLike, inputs: Sequence[str], *, shards: int, addre
     ray, started = connect(address)
     try:
         from ray.data import ActorPoolStrategy, DataContext
+        for name in ("ray", "ray.data"):  # configured by ray.data's import: its INFO lines are not ours to print
+            logging.getLogger(name).setLevel(logging.ERROR)
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # one bar for the whole build, below
         ctx.print_on_execution_start = False

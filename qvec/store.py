@@ -326,6 +326,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         (``text=``, ``weights=``, ``rrf_k=``): BM25 over the texts, alone or fused (``qvec.hybrid``)."""
         if hybrid.check_mode(mode) != "vector":
             return self._search_words(query, k, where=where, include=include, mode=mode, **hybrid.options(params))
+        params.pop("text", None)  # a vector query's text is for the keyword half only
         return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
 
     def search_batch(self, queries, k: int = 10, *, where=None, include=inputs.INCLUDE, **params):
