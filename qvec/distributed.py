@@ -131,9 +131,12 @@ def _dataset(ray, inputs: Sequence[str], text_field: str, id_field: str, metadat
             _read_text_file, num_cpus=0, fn_kwargs={"text_field": text_field, "id_field": id_field,
                                                     "metadata_fields": metadata_fields}))
     if parquet:
-        parts.append(ray.data.read_parquet([str(Path(p).resolve()) for p in parquet]).map_batches(
-            _parquet_rows, batch_format="pandas", num_cpus=0,
-            fn_kwargs={"text_field": text_field, "id_field": id_field, "metadata_fields": metadata_fields}))
+        # read like the text files: a task per file that reserves no CPU. Ray Data's own Parquet
+        # reader waits for a CPU the embedding actors hold, and would wait for ever
+        items = [{"path": str(Path(p).resolve())} for p in parquet]
+        parts.append(ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+            _read_parquet_file, num_cpus=0, fn_kwargs={"text_field": text_field, "id_field": id_field,
+                                                       "metadata_fields": metadata_fields}))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     total = None
     if not parquet:
@@ -142,6 +145,16 @@ def _dataset(ray, inputs: Sequence[str], text_field: str, id_field: str, metadat
             with open(p, "rb") as f:
                 total += sum(1 for _ in f) - p.lower().endswith(".csv")
     return ds, False, total
+
+
+def _read_parquet_file(item: dict, text_field: str, id_field: str, metadata_fields: str | None):
+    import pyarrow.parquet as pq
+    try:
+        f = pq.ParquetFile(item["path"])
+    except (OSError, ValueError) as e:
+        raise InputFileError(f"{item['path']}: not a readable Parquet file ({e})") from None
+    for batch in f.iter_batches(batch_size=4096):
+        yield from _parquet_rows(batch.to_pandas(), text_field, id_field, metadata_fields).to_dict("records")
 
 
 def _parquet_rows(df, text_field: str, id_field: str, metadata_fields: str | None):

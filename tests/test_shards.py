@@ -174,3 +174,20 @@ def test_texts_and_their_own_vectors_are_stored_together(tmp_path, corpus):
         with pytest.raises(qvec.InvalidInput, match="nothing to add"):
             s.add()
         assert len(s) == 50
+
+
+def test_parquet_texts_are_embedded_into_shards_with_their_metadata(tmp_path, corpus):
+    pd = pytest.importorskip("pandas")
+    texts = [t.replace("\n", " ") for t in corpus[0][:60]]
+    pd.DataFrame({"doc": [f"q{i}" for i in range(60)], "body": texts, "n": list(range(60)),
+                  "lang": ["en" if i % 3 else "fr" for i in range(60)]}).to_parquet(tmp_path / "p.parquet")
+    r = distributed.build(tmp_path / "s", [str(tmp_path / "p.parquet")], shards=2, quantization="fp16",
+                          text_field="body", id_field="doc", metadata_fields="n,lang", progress=False)
+    assert r.count == 60
+    with qvec.open(tmp_path / "s", read_only=True) as s:
+        assert s.get(["q4"])[0].metadata == {"n": 4, "lang": "en"} and s.get(["q4"])[0].text == texts[4]
+        hits = s.search(texts[9], k=5, where={"lang": "fr"})
+        assert hits[0].id == "q9" and all(h.metadata["lang"] == "fr" for h in hits)
+        assert len(s.search(texts[0], k=60, where={"n": {"$lt": 10}})) == 10
+    with pytest.raises(qvec.InputFileError, match="no column 'id'"):
+        distributed.build(tmp_path / "t", [str(tmp_path / "p.parquet")], shards=2, text_field="body", progress=False)
