@@ -326,6 +326,10 @@ class Catalog:
     def ids(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY fid")]
 
+    def ids_of(self, fids: np.ndarray) -> list[str]:
+        """The ids of fids, in fid order."""
+        return [r[1] for r in sorted(self._select_in("fid, id", "fid", np.asarray(fids).tolist()))]
+
     def all_fids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items ORDER BY fid")), dtype=np.int64)
 

@@ -328,8 +328,8 @@ class ShardedStore:
         return set().union(set(), *self._each("existing", {s: (([ids[p] for p in pos],), {})
                                                           for s, pos in routes.items()}))
 
-    def ids(self) -> list[str]:
-        return [i for part in self._each("ids") for i in part]
+    def ids(self, where=None) -> list[str]:
+        return [i for part in self._each("ids", None, where) for i in part]
 
     def get(self, ids):
         """As ``Store.get``: one Item per id asked, in order."""

@@ -311,8 +311,8 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         return set(self.catalog.fids_of(list(ids)))
 
     @reads
-    def ids(self) -> list[str]:
-        return self.catalog.ids()
+    def ids(self, where=None) -> list[str]:
+        return self.catalog.ids() if where is None else self.catalog.ids_of(self.catalog.where_fids(where))
 
     @reads
     def vectors(self, ids) -> np.ndarray:
