@@ -29,11 +29,17 @@ from .sources import read_jsonl, read_records
 USAGE_ERRORS = (InvalidSpec, InvalidFilter, InputFileError)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the CLI prints it: its category and message, not the source line that raised it."""
+    return f"warning: {message}\n" if category is UserWarning else f"{category.__name__}: {message}\n"
+
+
 class QvecGroup(click.Group):
     """The one place library errors become CLI errors: a ``QvecError`` from any command is
     one line on stderr (exit 2 for a usage problem, 1 otherwise), its traceback only with --debug."""
 
     def invoke(self, ctx: click.Context):
+        warnings.formatwarning = _one_line_warning
         try:
             return super().invoke(ctx)
         except QvecError as e:
@@ -64,6 +70,7 @@ def main(debug):
 @click.option("--quantization", "-q", default=None,
               help="fp32, fp16, bf16, int8 (default), int4, pq{M}, opq{M}, pq{M}x4fs, rabitq, rabitq{bits}, binary")
 @click.option("--index", default=None, help="flat (default), ivf{nlist}, hnsw{M}")
+@click.option("--metric", default=None, help="cosine (default), ip or l2, for a new store")
 @click.option("--model", default=None, help="sentence-transformers name or path (default all-MiniLM-L6-v2)")
 @click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
               help="run the embedding model with fp32 (default) or int8 weights (faster, see the README)")
@@ -85,7 +92,7 @@ def main(debug):
                    "--ray auto, --ray ray://host:10001 join one")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="embedding workers for --shards (default: one per 2 CPUs of the cluster)")
-def build(store, inputs, quantization, index, model, model_precision, text_field, id_field, metadata_fields,
+def build(store, inputs, quantization, index, metric, model, model_precision, text_field, id_field, metadata_fields,
           batch_size, rescore, no_rescore, upsert, quiet, shards, ray_address, workers):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
@@ -108,11 +115,11 @@ def build(store, inputs, quantization, index, model, model_precision, text_field
         if upsert:
             raise click.UsageError("--upsert is for single stores: a sharded build adds ids not yet stored")
         return _build_sharded(store, inputs, shards, ray_address, workers, quiet, quantization=quantization,
-                              index=index, model=model, model_precision=model_precision, rescore=rescore,
+                              index=index, metric=metric, model=model, model_precision=model_precision, rescore=rescore,
                               text_field=text_field, id_field=id_field, metadata_fields=metadata_fields,
                               batch_size=batch_size)
     created = not Path(store).exists()
-    s = open_store(store, quantization=quantization, index=index, model=model, rescore=rescore,
+    s = open_store(store, quantization=quantization, index=index, metric=metric, model=model, rescore=rescore,
                    model_precision=model_precision)
     added = skipped = 0
     try:
@@ -223,13 +230,16 @@ def _build_vectors(s, path, upsert):
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth")
 @click.option("--oversample", type=int, default=None, help="candidates per hit to rescore")
 @click.option("--queries-file", type=click.File(), default=None, help="one query per line ('-' for stdin)")
+@click.option("--min-score", type=float, default=None,
+              help="drop hits scoring below this (for l2 and Hamming scores, above it: lower is closer there)")
+@click.option("--like", "like", default=None, help="more like this: search with the stored vector of this id")
 @click.option("--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default="vector", show_default=True,
               help="nearest vectors, BM25 over the stored texts, or both fused by reciprocal rank")
 @click.option("--model-precision", type=click.Choice(MODEL_PRECISIONS), default=None,
               help="embed the queries at this precision (default: the store's)")
 @click.pass_context
 def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample, queries_file, model_precision,
-           mode):
+           min_score, like, mode):
     """Search STORE for each QUERY (text).
 
     \b
@@ -238,12 +248,11 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
       qvec search docs.qvec "os.fsync durability" --mode hybrid
     """
     queries = list(queries) + ([l.strip() for l in queries_file if l.strip()] if queries_file else [])
-    if not queries:
-        raise click.UsageError("give at least one QUERY, or --queries-file", ctx)
-    try:
-        filt = json.loads(where) if where else None
-    except json.JSONDecodeError as e:
-        raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
+    if not queries and like is None:
+        raise click.UsageError("give at least one QUERY, --queries-file or --like ID", ctx)
+    if like is not None and (queries or mode != "vector"):
+        raise click.UsageError("--like searches by a stored vector: give no QUERY, and --mode vector", ctx)
+    filt = _where(ctx, where)
     params = {k_: v for k_, v in (("nprobe", nprobe), ("ef_search", ef_search), ("oversample", oversample)) if v}
     with open_store(store, read_only=True, model_precision=model_precision) as s:
         building = mode != "vector" and not s.has_fulltext
@@ -252,10 +261,18 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
         with open_store(store) as w:
             w.enable_fulltext()
     with open_store(store, read_only=True, model_precision=model_precision) as s:
-        if mode == "vector":
+        if like is not None:  # itself first, then its neighbours: one more, and itself dropped
+            queries = [f"like {like}"]
+            results = [[h for h in s.search(s.vectors([like])[0], k + 1, where=filt, **params) if h.id != like][:k]]
+        elif mode == "vector":
             results = s.search_batch(queries, k, where=filt, **params)
         else:
             results = [s.search(q, k, where=filt, mode=mode, **params) for q in queries]
+        lower_is_closer = mode == "vector" and s.settings is not None and (
+            s.settings.metric == "l2" or (s.settings.binary and not s.settings.rescore))
+    if min_score is not None:
+        results = [[h for h in hits if (h.score <= min_score if lower_is_closer else h.score >= min_score)]
+                   for hits in results]
     out = io.StringIO()
     for q, hits in zip(queries, results):
         if as_json:
@@ -272,10 +289,18 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
     click.echo(out.getvalue(), nl=False)
 
 
+def _where(ctx, where: str | None):
+    try:
+        return json.loads(where) if where else None
+    except json.JSONDecodeError as e:
+        raise click.UsageError(f"--where is not valid JSON ({e.msg}): e.g. '{{\"lang\": \"en\"}}'", ctx) from None
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="the full stats() as JSON")
-def info(store, as_json):
+@click.option("--scales", is_flag=True, help="with --json: include the trained scales (a float per dimension, twice)")
+def info(store, as_json, scales):
     """Settings, count, memory and disk use, compression and trained parameters of STORE.
 
     \b
@@ -285,6 +310,10 @@ def info(store, as_json):
     with open_store(store, read_only=True) as s:
         st = s.stats().to_dict()
     if as_json:
+        if not scales and "scales" in st.get("trained_parameters", {}):
+            sc = st["trained_parameters"]["scales"]
+            st["trained_parameters"]["scales"] = {"dims": len(sc["vmin"]), "range_stat": sc.get("range_stat"),
+                                                  "omitted": "pass --scales for vmin and vdiff"}
         click.echo(json.dumps(st, indent=1))
         return
     params = st.get("trained_parameters", {})
@@ -296,7 +325,6 @@ def info(store, as_json):
         lines += [
             f"settings     {st['quantization']} / {st['index']} / {st['metric']}, dim {st['dim']}, "
             f"model {st['model']} at {st['model_precision']}, rescore {rescore}",
-            "trained      " + ("yes" if st["trained"] else f"no ({st['pending_untrained']} vectors wait)"),
         ]
         if st["bytes_per_vector"]:
             lines.append(f"memory       {st['bytes_per_vector']:.1f} bytes/vector "
@@ -309,8 +337,9 @@ def info(store, as_json):
             lines.append(f"dead ids     {st['dead_ids']:,} (deleted or replaced rows: {st['dead_original_bytes']:,} B "
                          "of originals stay on disk until `qvec compact`, or until a fifth of the ids are dead)")
         shapes = {k: (f"{len(v['vmin'])} dims, {v['range_stat']}" if k == "scales" else v) for k, v in params.items()}
-        if shapes:
-            lines.append("trained      " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+        what = f": {', '.join(f'{k} {v}' for k, v in shapes.items())}" if shapes else ""
+        lines.insert(3 + (st.get("shards", 1) > 1), "trained      " + (
+            f"yes{what}" if st["trained"] else f"no ({st['pending_untrained']} vectors wait)"))
     click.echo("\n".join(lines))
 
 
@@ -464,16 +493,24 @@ def get(store, ids):
 
 @main.command()
 @click.argument("store", type=click.Path())
-@click.argument("ids", nargs=-1, required=True)
-def delete(store, ids):
-    """Delete the rows with these IDS (all or none: an unknown id deletes nothing).
+@click.argument("ids", nargs=-1)
+@click.option("--where", default=None, help="delete the rows this JSON filter matches (as search --where)")
+@click.pass_context
+def delete(ctx, store, ids, where):
+    """Delete the rows with these IDS, or those --where matches (all or none: an unknown id
+    deletes nothing).
 
     \b
     Example:
       qvec delete docs.qvec pydoc.txt:12
+      qvec delete docs.qvec --where '{"lang": "fr"}'
     """
+    if bool(ids) == bool(where):
+        raise click.UsageError("give IDS or --where, not both and not neither", ctx)
     with open_store(store, create=False) as s:
-        n = s.delete(list(ids))
+        if where:
+            ids = s.ids(where=_where(ctx, where))
+        n = s.delete(list(ids)) if ids else 0
     click.echo(f"deleted {n}")
 
 

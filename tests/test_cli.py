@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -221,3 +222,40 @@ def test_build_keeps_originals_at_the_precision_asked_and_info_says_so(runner, t
     assert clash.exit_code == 1 and "originals='fp32' (store has 'int8')" in clash.output
     bad = runner.invoke(main, ["build", store, str(vectors_file), "--rescore", "int4"])
     assert bad.exit_code == 2 and "'int4' is not one of" in bad.output
+
+
+def test_cli_habits_info_delete_where_min_score_like_metric(runner, tmp_path, vectors_file):
+    store = str(tmp_path / "h.qvec")
+    assert runner.invoke(main, ["build", store, str(vectors_file), "--metric", "ip"]).exit_code == 0
+    assert runner.invoke(main, ["retrain", store]).exit_code == 0  # 300 rows: trained now, not at 1,000
+    info = runner.invoke(main, ["info", store]).output
+    assert sum(line.startswith("trained") for line in info.splitlines()) == 1 and "/ ip," in info
+    st = json.loads(runner.invoke(main, ["info", store, "--json"]).output)
+    assert st["trained_parameters"]["scales"]["dims"] == 384 and "vmin" not in st["trained_parameters"]["scales"]
+    full = json.loads(runner.invoke(main, ["info", store, "--json", "--scales"]).output)
+    assert len(full["trained_parameters"]["scales"]["vmin"]) == 384
+    # more like this: the row's neighbours, itself left out
+    r = runner.invoke(main, ["search", store, "--like", "p5", "-k", "3", "--json"])
+    hits = [json.loads(line) for line in r.output.splitlines()]
+    assert r.exit_code == 0 and len(hits) == 3 and "p5" not in {h["id"] for h in hits}
+    r = runner.invoke(main, ["search", store, "--like", "p5", "-k", "50", "--json", "--min-score", "0.5"])
+    scores = [json.loads(line)["score"] for line in r.output.splitlines()]
+    assert scores and min(scores) >= 0.5 and len(scores) < 50
+    assert runner.invoke(main, ["search", store, "q", "--like", "p5"]).exit_code == 2
+    r = runner.invoke(main, ["delete", store, "--where", '{"even": true}'])
+    assert r.exit_code == 0 and "deleted 150" in r.output
+    assert runner.invoke(main, ["delete", store]).exit_code == 2
+    assert runner.invoke(main, ["delete", store, "p1", "--where", '{"n": 1}']).exit_code == 2
+    r = runner.invoke(main, ["delete", store, "--where", '{"n": 1'])
+    assert r.exit_code == 2 and "not valid JSON" in r.output
+    with qvec.open(store, read_only=True) as s:
+        assert len(s) == 150 and all(not i.metadata["even"] for i in s.get(s.ids()))
+
+
+def test_warnings_print_as_one_line_without_source(tmp_path, vectors_file):
+    qvec_cli = [sys.executable, "-m", "qvec"]
+    subprocess.run([*qvec_cli, "build", str(tmp_path / "w.qvec"), str(vectors_file)], check=True, capture_output=True)
+    r = subprocess.run([*qvec_cli, "retrain", str(tmp_path / "w.qvec")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "warning: training int8/flat on 300 vectors" in r.stderr
+    assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr
