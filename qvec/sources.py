@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def read_records(path: str, text_field: str, id_field: str, metadata_fields: str
             rows = read_jsonl(stream, name)
         else:
             rows = ((i + 1, {text_field: line.rstrip("\n")}) for i, line in enumerate(stream))
+        named = metadata_fields.split(",") if metadata_fields and metadata_fields != "all" else []
+        seen: set[str] = set()
         for lineno, row in rows:
             text = row.get(text_field)
             if not isinstance(text, str) or not text.strip():
@@ -37,13 +41,32 @@ def read_records(path: str, text_field: str, id_field: str, metadata_fields: str
                 raise InputFileError(f"{name}:{lineno}: no text in field {text_field!r}; use --text-field")
             rid = row.get(id_field)
             rid = f"{name}:{lineno}" if rid in (None, "") else str(rid)
+            # a nested "metadata" object (the shape the vector side file and qvec export use) is read as it is
+            nested = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
             if metadata_fields == "all":
-                meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
-            elif metadata_fields:
-                meta = {k: row[k] for k in metadata_fields.split(",") if k in row}
+                meta = {**{k: v for k, v in row.items() if k not in (text_field, id_field, "metadata", "vector")},
+                        **nested}
             else:
-                meta = {}
+                meta = {**nested, **{k: row[k] for k in named if k in row}}
+                seen.update(k for k in named if k in row)
+            if suffix == ".csv":
+                meta = {k: _typed(v) for k, v in meta.items()}
             yield rid, text, meta
+        missing = [k for k in named if k not in seen]
+        if missing:
+            warnings.warn(f"{name}: no record has the metadata field(s) {', '.join(map(repr, missing))} named in "
+                          "--metadata-fields", UserWarning, stacklevel=2)
+
+
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def _typed(value):
+    """A CSV cell as a number when it is written as one (so $gte compares numbers), else the string;
+    "007" stays a string: the number would lose its zeros."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return int(value) if value.lstrip("-").isdigit() else float(value)
+    return value
 
 
 def _utf8_lines(raw, name: str) -> Iterator[str]:

@@ -259,3 +259,17 @@ def test_warnings_print_as_one_line_without_source(tmp_path, vectors_file):
     assert r.returncode == 0, r.stderr
     assert "warning: training int8/flat on 300 vectors" in r.stderr
     assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr
+
+
+def test_text_inputs_nested_metadata_typed_csv_and_missing_fields(runner, tmp_path):
+    from qvec.sources import read_records
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "x", "text": "a cat", "vector": [0.1],
+                                                  "metadata": {"lang": "en", "n": 3}}) + "\n")
+    assert list(read_records(str(tmp_path / "a.jsonl"), "text", "id", None)) == [("x", "a cat", {"lang": "en", "n": 3})]
+    assert list(read_records(str(tmp_path / "a.jsonl"), "text", "id", "all"))[0][2] == {"lang": "en", "n": 3}
+    (tmp_path / "b.csv").write_text("id,text,year,zip,score\n1,a dog,1999,02134,0.5\n2,a bird,2004,10001,x\n")
+    rows = list(read_records(str(tmp_path / "b.csv"), "text", "id", "year,zip,score"))
+    assert rows[0][2] == {"year": 1999, "zip": "02134", "score": 0.5} and rows[1][2]["score"] == "x"
+    with pytest.warns(UserWarning, match="no record has the metadata field.s. 'colour'"):
+        list(read_records(str(tmp_path / "b.csv"), "text", "id", "year,colour"))
