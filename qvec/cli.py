@@ -268,8 +268,7 @@ def search(ctx, store, queries, k, where, as_json, nprobe, ef_search, oversample
             results = s.search_batch(queries, k, where=filt, **params)
         else:
             results = [s.search(q, k, where=filt, mode=mode, **params) for q in queries]
-        lower_is_closer = mode == "vector" and s.settings is not None and (
-            s.settings.metric == "l2" or (s.settings.binary and not s.settings.rescore))
+        lower_is_closer = mode == "vector" and s.settings is not None and s.settings.lower_is_closer
     if min_score is not None:
         results = [[h for h in hits if (h.score <= min_score if lower_is_closer else h.score >= min_score)]
                    for hits in results]

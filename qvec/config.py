@@ -403,6 +403,12 @@ class Settings:
     def binary(self) -> bool:
         return isinstance(self.codes, Binary)
 
+    @property
+    def lower_is_closer(self) -> bool:
+        """Whether a vector search's scores are distances (l2; Hamming for unrescored binary)
+        rather than similarities."""
+        return self.metric == "l2" or (self.binary and not self.rescore)
+
     def check_embedding_precision(self, precision: str, path) -> None:
         """``SettingsConflict`` unless texts embedded at ``precision`` may join this store's."""
         if precision != self.model_precision:

@@ -204,6 +204,11 @@ class ShardedStore:
             out.setdefault(shard_of(i, self._n), []).append(pos)
         return out
 
+    def _each_own(self, method: str, ids: list[str], routes: dict[int, list[int]] | None = None) -> list:
+        """``method(its ids)`` on each shard holding some of ``ids``; results in shard order."""
+        routes = self._route(ids) if routes is None else routes
+        return self._each(method, {s: (([ids[p] for p in pos],), {}) for s, pos in routes.items()})
+
     def _writable(self) -> None:
         if self.read_only:
             raise ReadOnlyStore(f"{self.path} was opened with read_only=True: open it without to write")
@@ -251,8 +256,7 @@ class ShardedStore:
         texts, x, ids, metas = inputs.check_batch(texts, vectors, ids, metadata, self.settings.dim)
         routes = self._route(ids)
         if not upsert:
-            stored = set().union(*self._each("existing", {s: (([ids[p] for p in pos],), {})
-                                                          for s, pos in routes.items()}))
+            stored = set().union(set(), *self._each_own("existing", ids, routes))
             if stored:
                 some = ", ".join(repr(i) for i in sorted(stored)[:3])
                 raise DuplicateId(f"{len(stored)} id(s) exist already ({some}): use upsert() to replace them")
@@ -272,11 +276,11 @@ class ShardedStore:
         self._writable()
         ids = list(dict.fromkeys(inputs.id_list(ids)))
         routes = self._route(ids)
-        found = set().union(*self._each("existing", {s: (([ids[p] for p in pos],), {}) for s, pos in routes.items()}))
+        found = set().union(set(), *self._each_own("existing", ids, routes))
         missing = [i for i in ids if i not in found]
         if missing:
             raise IdNotFound(f"{len(missing)} id(s) not in the store: {', '.join(map(repr, missing[:3]))}")
-        return sum(self._each("delete", {s: (([ids[p] for p in pos],), {}) for s, pos in routes.items()}))
+        return sum(self._each_own("delete", ids, routes))
 
     def ingest(self, rows, *, batch_size: int = 256, upsert: bool = False, skip_existing: bool = False,
                on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
@@ -323,10 +327,7 @@ class ShardedStore:
         return sum(self._each("__len__"))
 
     def existing(self, ids) -> set[str]:
-        ids = list(ids)
-        routes = self._route(ids)
-        return set().union(set(), *self._each("existing", {s: (([ids[p] for p in pos],), {})
-                                                          for s, pos in routes.items()}))
+        return set().union(set(), *self._each_own("existing", list(ids)))
 
     def ids(self, where=None) -> list[str]:
         return [i for part in self._each("ids", None, where) for i in part]
@@ -346,7 +347,7 @@ class ShardedStore:
         """``method`` of each shard on its ids, put back in the order asked."""
         routes = self._route(ids)
         out: list[Any] = [None] * len(ids)
-        results = self._each(method, {s: (([ids[p] for p in pos],), {}) for s, pos in routes.items()})
+        results = self._each_own(method, ids, routes)
         for (_, pos), got in zip(sorted(routes.items()), results):
             for p, item in zip(pos, got):
                 out[p] = item
@@ -375,7 +376,7 @@ class ShardedStore:
         else:
             xq = inputs.as_matrix(queries, self.settings.dim, "queries")
         parts = self._each("search_batch", None, xq, k, where=where, include=include, **params)
-        lower = self.settings.metric == "l2" or (self.settings.binary and not self.settings.rescore)
+        lower = self.settings.lower_is_closer
         pick = heapq.nsmallest if lower else heapq.nlargest
         # ties go to the lower shard (the merge is stable): the same order on every call
         return [[h for _, _, h in pick(k, ((h.score, -s if not lower else s, h)
