@@ -306,8 +306,8 @@ def build(store: str | os.PathLike, inputs: Sequence[str], *, shards: int, addre
     ray, started = connect(address)
     try:
         from ray.data import ActorPoolStrategy, DataContext
-        for name in ("ray", "ray.data"):  # configured by ray.data's import: its INFO lines are not ours to print
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for name in ("ray", "ray.data"):  # configured by ray.data's import; its errors reach us as QvecErrors
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # one bar for the whole build, below
         ctx.print_on_execution_start = False

@@ -336,9 +336,14 @@ class Journal:
             if not index.removes_in_place:
                 self.catalog.add_tombstones(fids)
 
-    def adopt(self, codes: TrainedCodes) -> None:
-        """Train with another store's learned codes (``Store.train(codes=...)``)."""
+    def adopt(self, codes: TrainedCodes, requested=None) -> None:
+        """Train with another store's learned codes (``Store.train(codes=...)``); a new store
+        takes their settings unless it was opened asking for others (``requested``)."""
         if self.settings is None:
+            diffs = requested.conflicts(codes.settings) if requested is not None else []
+            if diffs:
+                raise SettingsConflict(f"{self.path} was opened with other settings than the trained codes': "
+                                       f"{', '.join(diffs)}; open it without them, or use codes trained for them")
             self.fix_settings(codes.settings)
             if not codes.settings.needs_training:
                 return  # fp32/fp16/bf16 flat, or HNSW over them: nothing was learned to share

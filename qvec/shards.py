@@ -446,8 +446,8 @@ def connect(address: str | None):
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise QvecError(f"cannot reach the Ray cluster at {address!r} ({str(e).splitlines()[0]}): start it with "
                         "`ray start --head`, or leave the address out to start one here") from None
-    for name in ("ray", "ray.data"):  # its INFO lines and notices are not this command's output
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):  # its log lines are not this command's output: failures come back as QvecErrors
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return ray, True
 
 

@@ -240,7 +240,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         take another store's ``trained_codes()``; then index what waits. See also ``retrain()``."""
         self._writable()
         if codes is not None:
-            return self.journal.adopt(codes)
+            return self.journal.adopt(codes, self._requested)
         if self.settings is None and vectors is None:
             raise NotTrained("the store is empty: add vectors first, or pass vectors to train on")
         if self.is_trained:

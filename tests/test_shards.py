@@ -191,3 +191,17 @@ def test_parquet_texts_are_embedded_into_shards_with_their_metadata(tmp_path, co
         assert len(s.search(texts[0], k=60, where={"n": {"$lt": 10}})) == 10
     with pytest.raises(qvec.InputFileError, match="no column 'id'"):
         distributed.build(tmp_path / "t", [str(tmp_path / "p.parquet")], shards=2, text_field="body", progress=False)
+
+
+def test_codes_for_other_settings_are_refused_by_a_store_opened_asking_for_others(tmp_path, corpus):
+    with qvec.open(tmp_path / "a", quantization="int8") as a:
+        a.add(vectors=corpus[1][:300])
+        a.retrain()
+        codes = a.trained_codes()
+    with qvec.open(tmp_path / "b", quantization="pq8", dim=384) as b:
+        with pytest.raises(qvec.SettingsConflict, match="other settings than the trained codes"):
+            b.train(codes=codes)
+        assert b.settings is None and len(b) == 0
+    with qvec.open(tmp_path / "c") as c:  # nothing asked: the codes' settings are taken
+        c.train(codes=codes)
+        assert c.is_trained and c.settings == codes.settings
