@@ -199,7 +199,11 @@ def streaming(sizes: list[int]) -> None:
         print(json.dumps(r), flush=True)
         records.append(r)
         shutil.rmtree(path)
-    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "queries": len(xq), "noise_sigma": NOISE,
+        write_streaming(records, len(xq))  # after each size: a later one that fails keeps the earlier
+
+
+def write_streaming(records: list[dict], n_queries: int) -> None:
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "queries": n_queries, "noise_sigma": NOISE,
            "chunk": STREAM_CHUNK, "records": records}
     (RESULTS / "growth_streaming.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
@@ -208,7 +212,7 @@ def streaming(sizes: list[int]) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {out['date']}. "
         f"`python bench/growth.py --streaming`. Vectors: the 100K real GCIDE embeddings and noisy copies of them "
         f"(σ={NOISE}, renormalised), made {STREAM_CHUNK:,} at a time and added as they are made (never all in RAM). "
-        f"{len(xq):,} held-out GCIDE definitions as queries; recall@10 against exact FP32 search over all n vectors "
+        f"{n_queries:,} held-out GCIDE definitions as queries; recall@10 against exact FP32 search over all n vectors "
         "(ties at the 10th counted). RAM is the serving process's RssAnon (index, id map, Python; not the page "
         "cache of the FP16 originals the re-rank reads).", "",
         "| vectors | config | build s (train s) | RAM B/vec (index) | serving RssAnon MB | disk MB | search "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import sys
 import textwrap
@@ -53,7 +54,8 @@ class QvecGroup(click.Group):
 @click.group(cls=QvecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qvec")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def main(debug):
+@click.option("--verbose", "-v", is_flag=True, help="Show what FAISS says while training (k-means advice).")
+def main(debug, verbose):
     """qvec: a compressed vector store. Quantized codes in FAISS, metadata in SQLite.
 
     \b
@@ -62,6 +64,12 @@ def main(debug):
       qvec search docs.qvec "how do I open a file?" -k 5
       qvec info docs.qvec
     """
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("faiss: %(message)s"))
+        faiss_log = logging.getLogger("qvec.faiss")
+        faiss_log.addHandler(handler)
+        faiss_log.setLevel(logging.INFO)
 
 
 @main.command()
@@ -77,6 +85,9 @@ def main(debug):
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--metadata-fields", default=None, help="comma-separated fields to keep as metadata, or 'all'")
+@click.option("--vector-field", default="vector", show_default=True,
+              help="a JSONL field holding the record's own embedding (a list of numbers): used as it is, not "
+                   "embedded again (qvec export --vectors writes it)")
 @click.option("--batch-size", default=256, show_default=True, help="documents per atomic batch")
 @click.option("--rescore", is_flag=False, flag_value="on", default=None, type=click.Choice(("on", *ORIGINALS)),
               help="keep the original vectors on disk for exact re-ranking: --rescore alone at FP32 (or the "
@@ -93,7 +104,7 @@ def main(debug):
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="embedding workers for --shards (default: one per 2 CPUs of the cluster)")
 def build(store, inputs, quantization, index, metric, model, model_precision, text_field, id_field, metadata_fields,
-          batch_size, rescore, no_rescore, upsert, quiet, shards, ray_address, workers):
+          vector_field, batch_size, rescore, no_rescore, upsert, quiet, shards, ray_address, workers):
     """Build or extend STORE from text files (JSONL, CSV, plain text, - for stdin) or
     vectors (.npy, .fvecs, .bvecs, or the train set of an ann-benchmarks .hdf5; ids and
     metadata optionally from a .jsonl beside it as NAME.jsonl).
@@ -127,7 +138,8 @@ def build(store, inputs, quantization, index, metric, model, model_precision, te
             if path.lower().endswith(VECTOR_SUFFIXES):
                 a, k = _build_vectors(s, path, upsert)
             else:
-                a, k = _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet)
+                a, k = _build_texts(s, path, text_field, id_field, metadata_fields, vector_field, batch_size, upsert,
+                                    quiet)
             added, skipped = added + a, skipped + k
         st = s.stats().to_dict()
     except BaseException:
@@ -167,7 +179,7 @@ def _build_sharded(store, inputs, shards, address, workers, quiet, **spec):
                f"{mem}; {r.seconds:.1f}s, {r.docs_per_s:,.1f} documents/s")
 
 
-def _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, upsert, quiet):
+def _build_texts(s, path, text_field, id_field, metadata_fields, vector_field, batch_size, upsert, quiet):
     from tqdm import tqdm  # a rate and an ETA on stderr; silent when stderr is not a terminal
 
     added = skipped = 0
@@ -182,7 +194,7 @@ def _build_texts(s, path, text_field, id_field, metadata_fields, batch_size, ups
                disable=not show, file=sys.stderr)
     with bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", TextTruncated)  # one summary line below instead of one per batch
-        rows = read_records(path, text_field, id_field, metadata_fields)
+        rows = read_records(path, text_field, id_field, metadata_fields, vector_field)
         added, skipped = s.ingest(rows, batch_size=batch_size, upsert=upsert, skip_existing=not upsert,
                                   on_batch=lambda n_read, _: bar.update(n_read))
     emb = s.loaded_embedder  # only if texts were embedded; never loads the model
@@ -553,27 +565,38 @@ def compact(store):
 
 @main.command()
 @click.argument("store", type=click.Path())
-@click.argument("out", type=click.File("w"))
+@click.argument("out", type=click.File("w", encoding="utf-8"), default="-")
 @click.option("--vectors", "with_vectors", is_flag=True,
-              help="add each vector: the FP32 original if kept (rescore), else decoded from its codes")
-def export(store, out, with_vectors):
-    """Write every row of STORE as JSONL (id, text and metadata fields).
+              help="add each vector: the original if kept (rescore), else decoded from its codes; `qvec build` "
+                   "uses it instead of embedding the text again")
+@click.option("--where", default=None, help="export only the rows this JSON filter matches")
+@click.pass_context
+def export(ctx, store, out, with_vectors, where):
+    """Write the rows of STORE as JSONL to OUT (default: stdout): one
+    {"id", "text", "metadata", "vector"} object per line, the shape `qvec build` reads.
 
     \b
-    Re-import:
-      qvec export docs.qvec rows.jsonl && qvec build copy.qvec rows.jsonl --metadata-fields all
+    Copy a store without embedding its texts again:
+      qvec export docs.qvec --vectors | qvec build copy.qvec - --quantization pq48
     """
     with open_store(store, read_only=True) as s:
-        ids = s.ids()
+        ids = s.ids(where=_where(ctx, where))
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]
             vecs = s.vectors(chunk) if with_vectors else None
+            lines = []
             for j, item in enumerate(s.get(chunk)):
-                # metadata fields at top level: `qvec build --metadata-fields all` reads them back
-                row = {**item.metadata, "id": item.id, "text": item.text}
+                row = {"id": item.id, "text": item.text, "metadata": item.metadata}
                 if vecs is not None:
-                    row["vector"] = vecs[j].tolist()
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    row["vector"] = _short_floats(vecs[j])
+                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write("".join(lines))
+
+
+def _short_floats(v: np.ndarray) -> list[float]:
+    """A float32 vector in 9 significant digits, which always read back to the same float32
+    values, instead of the 17 a float64 needs: export lines a third shorter."""
+    return [float(f"{x:.9g}") for x in v.tolist()]
 
 
 @main.command()
@@ -645,7 +668,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
             xb, xq = read_vectors(vectors), None
     else:
         _must_exist(ctx, corpus, "--corpus")
-        rows = list(read_records(corpus, "text", "id", None))
+        rows = list(read_records(corpus, "text", "id", None, vector_field=""))
         doc_ids = [r[0] for r in rows]
         xb = embed([r[1] for r in rows], "documents")
     relevant = None
@@ -654,7 +677,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         if queries.lower().endswith(VECTOR_SUFFIXES):
             xq, gt = read_vectors(queries), None
         else:
-            qrows = list(read_records(queries, "text", "id", "relevant"))
+            qrows = list(read_records(queries, "text", "id", "relevant", vector_field=""))
             xq, gt = embed([r[1] for r in qrows], "queries"), None
             relevant = _relevant_rows(queries, qrows, doc_ids if doc_ids is not None else len(xb))
     if xq is None:
@@ -701,7 +724,7 @@ def _relevant_rows(path: str, qrows, docs) -> list[frozenset[int] | None] | None
     list of document ids, or the number of base vectors (then ids are row numbers)."""
     row_of = {d: i for i, d in enumerate(docs)} if isinstance(docs, list) else {str(i): i for i in range(docs)}
     out: list[frozenset[int] | None] = []
-    for qid, _, meta in qrows:
+    for qid, _, meta, _ in qrows:
         rel = meta.get("relevant")
         if rel is None:
             out.append(None)

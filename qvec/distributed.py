@@ -65,7 +65,11 @@ IN_FLIGHT = 2  # write calls queued per shard writer: backpressure on the driver
 # -- reading -------------------------------------------------------------------------------------
 def _read_text_file(item: dict, text_field: str, id_field: str, metadata_fields: str | None):
     from .sources import read_records
-    for rid, text, meta in read_records(item["path"], text_field, id_field, metadata_fields):
+    for rid, text, meta, vector in read_records(item["path"], text_field, id_field, metadata_fields):
+        if vector is not None:
+            raise InputFileError(f"{Path(item['path']).name}: records with their own vectors are read by single-store "
+                                 "builds (no --shards); for a sharded build, save the vectors as .npy with a .jsonl "
+                                 "side file")
         yield {"id": rid, "text": text, "meta": json.dumps(meta) if meta else ""}
 
 

@@ -105,9 +105,11 @@ class SentenceTransformerEmbedder:
     INT8 weights through ONNX Runtime (see ``qvec.int8model``); tokenizer, pooling and
     normalisation stay the model's own."""
 
-    def __init__(self, name: str = DEFAULT_MODEL, precision: str = "fp32"):
+    def __init__(self, name: str | None = DEFAULT_MODEL, precision: str = "fp32"):
         check_model_precision(precision)
-        self.name = name
+        # None (a store built from vectors without naming their model) is the default model:
+        # sentence-transformers would make an empty model of None and fail on the first text
+        self.name = name or DEFAULT_MODEL
         self.precision = precision
         self.truncated = 0  # texts embedded from their first max_seq_length tokens only, so far
         self._dim: int | None = None

@@ -30,7 +30,8 @@ from .errors import InvalidInput, ReadOnlyStore
 from .guard import holding, reads, writes
 from .records import Hit
 
-__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options"]
+__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "fusion_weights",
+           "fusion_k"]
 
 MODES = ("vector", "keyword", "hybrid")
 RRF_K = 60
@@ -77,7 +78,8 @@ class Hybrid:
         if not isinstance(text, str):
             raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
                                "beside a vector")
-        k, include, w, rrf_k = inputs.check_k(k), inputs.check_include(include), _weights(weights), _rrf_k(rrf_k)
+        k, include = inputs.check_k(k), inputs.check_include(include)
+        w, rrf_k = fusion_weights(weights), fusion_k(rrf_k)
         p, depth = SearchParams.parse(params), max(DEPTH, 2 * k)
         xq = None
         if mode == "hybrid" and self.settings is not None:  # embedded before any lock is taken
@@ -121,7 +123,7 @@ class Hybrid:
             self.enable_fulltext()
 
 
-def _weights(weights) -> tuple[float, float]:
+def fusion_weights(weights) -> tuple[float, float]:
     try:
         w = tuple(float(x) for x in weights)
     except (TypeError, ValueError):
@@ -131,7 +133,7 @@ def _weights(weights) -> tuple[float, float]:
     return w
 
 
-def _rrf_k(rrf_k) -> int:
+def fusion_k(rrf_k) -> int:
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
         raise InvalidInput(f"rrf_k must be a non-negative integer, got {rrf_k!r}")
     return rrf_k

@@ -24,6 +24,11 @@ Choices the FAISS API forces, in one place:
 - Reading vectors back never changes the index: IVF's direct map (fid → list position) is
   not switched on, since doing so under concurrent readers crashed the process; the wanted
   codes are found by scanning the lists' ids and decoded with ``sa_decode``.
+- FAISS's k-means writes "WARNING clustering N points to K centroids" straight to the
+  process's stderr, once per sub-quantizer (48 lines for PQ48), whatever its verbosity:
+  training runs with fd 2 caught (``_faiss_stderr``), those lines go to the ``qvec.faiss``
+  logger (``qvec --verbose`` shows them; qvec's own one-line warning says the same), and
+  anything else written to stderr meanwhile is passed on.
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
   decoded a block at a time and scored by a matrix product (``_search_decoded``). FAISS
   scans them query by query, ~5× slower for a batch of 1,000 queries than its FP32 flat
@@ -35,6 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -292,6 +301,40 @@ def new_index(settings: Settings):
     return faiss.IndexIDMap(index)
 
 
+_FAISS_LINES = ("WARNING clustering", "Sampling a subset", "Clustering ", "  Iteration")
+log = logging.getLogger("qvec.faiss")
+
+
+@contextmanager
+def _faiss_stderr():
+    """Run a FAISS call with file descriptor 2 caught: its k-means lines are logged at INFO
+    on ``qvec.faiss``, every other line written meanwhile (another thread's, Python's) is
+    written to stderr after it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 to catch: nothing to quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if line.startswith(_FAISS_LINES):
+                    log.info("%s", line.rstrip())
+                else:
+                    os.write(2, line.encode())
+
+
 class VectorIndex:
     """A trained FAISS index with integer ids, its search parameters and tombstones."""
 
@@ -331,7 +374,8 @@ class VectorIndex:
         index = new_index(settings)
         if settings.binary:
             return cls(settings, index, np.median(x, axis=0).astype(np.float32))
-        index.train(np.ascontiguousarray(x, dtype=np.float32))
+        with _faiss_stderr():
+            index.train(np.ascontiguousarray(x, dtype=np.float32))
         return cls(settings, index)
 
     @classmethod

@@ -80,14 +80,16 @@ def run(batches: Iterable[Any], prepare: Callable[[Any], Any], write: Callable[[
         raise failed[0]
 
 
-def ingest(rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int,
-           prepare: Callable[[list, list, list], Any], write: Callable[[Any], Any],
+def ingest(rows: Iterable[tuple], *, batch_size: int, prepare: Callable[[list, list, list, Any], Any],
+           write: Callable[[Any], Any], embed: Callable[[list[str]], Any] | None = None,
            existing: Callable[[list[str]], set[str]] | None = None,
            on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
-    """``(id, text, metadata)`` rows in batches through ``prepare(texts, ids, metadatas)``
-    (check and embed) and ``write`` (commit), pipelined. With ``existing``, rows whose id it
-    reports stored, or that came earlier in the stream, are skipped. ``on_batch(read,
-    added)`` follows each batch's write. Returns (added, skipped)."""
+    """``(id, text, metadata)`` or ``(id, text, metadata, vector)`` rows in batches through
+    ``prepare(texts, ids, metadatas, vectors)`` (check and embed; ``vectors`` None when no row
+    has its own, else one per row, a batch's missing ones made by ``embed``) and ``write``
+    (commit), pipelined. With ``existing``, rows whose id it reports stored, or that came
+    earlier in the stream, are skipped. ``on_batch(read, added)`` follows each batch's write.
+    Returns (added, skipped)."""
     queued: set[str] = set()  # ids read but maybe not yet written: a repeat is skipped, not re-added
     counts = [0, 0]  # added, skipped
 
@@ -104,7 +106,9 @@ def ingest(rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int,
             counts[1] += n_read - len(batch)
         if not batch:
             return n_read, None
-        return n_read, prepare([r[1] for r in batch], [r[0] for r in batch], [r[2] or {} for r in batch])
+        texts = [r[1] for r in batch]
+        return n_read, prepare(texts, [r[0] for r in batch], [r[2] or {} for r in batch],
+                               own_vectors(batch, texts, embed))
 
     def write_batch(item):
         n_read, batch = item
@@ -117,3 +121,18 @@ def ingest(rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int,
 
     run(batched(rows, batch_size), prepare_batch, write_batch)
     return counts[0], counts[1]
+
+
+def own_vectors(batch: list[tuple], texts: list[str], embed: Callable[[list[str]], Any] | None):
+    """A batch's vectors when some of its rows bring their own (the rest embedded, so that one
+    record without a vector does not send the whole batch through the model), else None."""
+    given = [r[3] if len(r) > 3 else None for r in batch]
+    missing = [i for i, v in enumerate(given) if v is None]
+    if len(missing) == len(given):
+        return None
+    if missing:
+        if embed is None:
+            raise TypeError("own_vectors: rows without vectors need an embed function")
+        for i, v in zip(missing, embed([texts[i] for i in missing])):
+            given[i] = v
+    return given

@@ -50,7 +50,7 @@ from .errors import (
     SettingsConflict,
     StoreClosed,
 )
-from .hybrid import check_mode
+from .hybrid import DEPTH, check_mode, fuse, fusion_k, fusion_weights, options
 from .index import TrainedCodes
 from .records import Hit, Stats
 
@@ -166,6 +166,15 @@ class LocalShards:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+def _merged(per_shard: Sequence[list[Hit]], k: int, lower_is_closer: bool) -> list[Hit]:
+    """The top k of the shards' hit lists by score; ties go to the lower shard (the merge is
+    stable), so every call gives the same order."""
+    pick = heapq.nsmallest if lower_is_closer else heapq.nlargest
+    sign = 1 if lower_is_closer else -1
+    return [h for _, _, h in pick(k, ((h.score, sign * s, h) for s, hits in enumerate(per_shard) for h in hits),
+                                  key=lambda t: (t[0], t[1]))]
 
 
 class ShardedStore:
@@ -285,7 +294,7 @@ class ShardedStore:
     def ingest(self, rows, *, batch_size: int = 256, upsert: bool = False, skip_existing: bool = False,
                on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
         """As ``Store.ingest``, one batch at a time across the shards."""
-        from .pipeline import batched
+        from .pipeline import batched, own_vectors
 
         added = skipped = 0
         queued: set[str] = set()
@@ -295,8 +304,9 @@ class ShardedStore:
                 have = self.existing([r[0] for r in batch])
                 batch = [r for r in batch if r[0] not in have and r[0] not in queued and not queued.add(r[0])]
             if batch:
-                self._write([r[1] for r in batch], None, [r[0] for r in batch], [r[2] or {} for r in batch],
-                            upsert=upsert)
+                texts = [r[1] for r in batch]
+                self._write(texts, own_vectors(batch, texts, self._embed), [r[0] for r in batch],
+                            [r[2] or {} for r in batch], upsert=upsert)
             added, skipped = added + len(batch), skipped + n_read - len(batch)
             if on_batch:
                 on_batch(n_read, len(batch))
@@ -354,9 +364,37 @@ class ShardedStore:
         return out
 
     def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, mode="vector", **params) -> list[Hit]:
-        if check_mode(mode) != "vector":  # BM25 statistics are per shard: their scores do not merge as they are
-            raise InvalidInput(f"mode={mode!r} is not supported on a sharded store yet: use mode='vector'")
-        return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
+        if check_mode(mode) == "vector":
+            return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
+        return self._search_words(query, k, where=where, include=include, mode=mode, **options(params))
+
+    def _search_words(self, query, k, *, where, include, mode, text, weights, rrf_k, params) -> list[Hit]:
+        """Keyword and hybrid search over the shards: each shard's BM25 top list, merged by score,
+        and for hybrid each shard's vector top list, merged likewise, fused by rank here. BM25
+        uses each shard's own term statistics, as Elasticsearch's default search does: rows are
+        spread by a hash of their id, so each shard's statistics are a sample of the whole's."""
+        if isinstance(query, str):
+            text = query if text is None else text
+        if not isinstance(text, str):
+            raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
+                               "beside a vector")
+        k, include = inputs.check_k(k), inputs.check_include(include)
+        w, rrf_k = fusion_weights(weights), fusion_k(rrf_k)
+        SearchParams.parse(params)
+        if mode == "keyword":
+            return _merged(self._each("search", None, text, k, where=where, include=include, mode="keyword"), k, False)
+        depth = max(DEPTH, 2 * k)
+        xq = self._embed([query]) if isinstance(query, str) else inputs.as_matrix(query, self.settings.dim, "query")
+        words = _merged(self._each("search", None, text, depth, where=where, include=(), mode="keyword"), depth, False)
+        near = _merged([hits[0] for hits in self._each("search_batch", None, xq, depth, where=where, include=(),
+                                                      **params)], depth, self.settings.lower_is_closer)
+        ids = list(dict.fromkeys([h.id for h in near] + [h.id for h in words]))
+        pos = {i: n for n, i in enumerate(ids)}
+        scores, order = fuse([np.array([pos[h.id] for h in hits], np.int64) for hits in (near, words)], w, rrf_k, k)
+        best = [ids[i] for i in order.tolist()]
+        items = self.get(best) if include else [None] * len(best)
+        return [Hit(i, float(sc), it.text if "text" in include else None,
+                    it.metadata if "metadata" in include else None) for i, sc, it in zip(best, scores.tolist(), items)]
 
     @property
     def has_fulltext(self) -> bool:
@@ -376,13 +414,7 @@ class ShardedStore:
         else:
             xq = inputs.as_matrix(queries, self.settings.dim, "queries")
         parts = self._each("search_batch", None, xq, k, where=where, include=include, **params)
-        lower = self.settings.lower_is_closer
-        pick = heapq.nsmallest if lower else heapq.nlargest
-        # ties go to the lower shard (the merge is stable): the same order on every call
-        return [[h for _, _, h in pick(k, ((h.score, -s if not lower else s, h)
-                                           for s, shard in enumerate(hits) for h in shard),
-                                       key=lambda t: (t[0], t[1]))]
-                for hits in zip(*parts)]
+        return [_merged(hits, k, self.settings.lower_is_closer) for hits in zip(*parts)]
 
     # -- accounting ------------------------------------------------------------------------
     def stats(self) -> Stats:

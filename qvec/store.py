@@ -215,15 +215,16 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
 
     def ingest(self, rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int = 256, upsert: bool = False,
                skip_existing: bool = False, on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
-        """Add ``(id, text, metadata)`` rows from any iterable, reading, embedding and writing
-        batches at once (``qvec.pipeline``); each batch is one transaction, as ``add`` commits.
+        """Add ``(id, text, metadata)`` rows (or ``(id, text, metadata, vector)``: the row's own
+        embedding) from any iterable, reading, embedding and writing batches at once
+        (``qvec.pipeline``); each batch is one transaction, as ``add`` commits.
         ``skip_existing`` skips stored ids (``upsert`` replaces them); ``on_batch(read, added)``
         follows each write. Returns (added, skipped)."""
         self._writable()
         return pipeline.ingest(rows, batch_size=batch_size, on_batch=on_batch,
                                existing=self.existing if skip_existing and not upsert else None,
-                               prepare=lambda texts, ids, metas: self._prepare(texts, None, ids, metas, upsert),
-                               write=lambda batch: self._commit(batch, upsert))
+                               prepare=lambda texts, ids, metas, x: self._prepare(texts, x, ids, metas, upsert),
+                               write=lambda batch: self._commit(batch, upsert), embed=self._embed)
 
     # -- training and saving --------------------------------------------------------------------
     def _maintain(self) -> None:

@@ -71,10 +71,12 @@ def test_search_info_get_delete_export(runner, tmp_path, corpus, model, monkeypa
     out = tmp_path / "rows.jsonl"
     assert runner.invoke(main, ["export", store, str(out)]).exit_code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 58 and rows[0] == {"id": "d0", "text": texts[0], "lang": "en", "n": 0}
+    assert len(rows) == 58 and rows[0] == {"id": "d0", "text": texts[0], "metadata": {"lang": "en", "n": 0}}
     copy = str(tmp_path / "copy.qvec")
-    r = runner.invoke(main, ["build", copy, str(out), "-q", "fp16", "--metadata-fields", "all", "--quiet"])
+    r = runner.invoke(main, ["build", copy, str(out), "-q", "fp16", "--quiet"])  # nested metadata: read as it is
     assert r.exit_code == 0 and "58 vectors" in r.output
+    with qvec.open(copy) as c:
+        assert c.get("d0").metadata == {"lang": "en", "n": 0}
 
 
 @pytest.mark.parametrize(
@@ -266,10 +268,93 @@ def test_text_inputs_nested_metadata_typed_csv_and_missing_fields(runner, tmp_pa
 
     (tmp_path / "a.jsonl").write_text(json.dumps({"id": "x", "text": "a cat", "vector": [0.1],
                                                   "metadata": {"lang": "en", "n": 3}}) + "\n")
-    assert list(read_records(str(tmp_path / "a.jsonl"), "text", "id", None)) == [("x", "a cat", {"lang": "en", "n": 3})]
+    assert list(read_records(str(tmp_path / "a.jsonl"), "text", "id", None)) == [
+        ("x", "a cat", {"lang": "en", "n": 3}, [0.1])]
     assert list(read_records(str(tmp_path / "a.jsonl"), "text", "id", "all"))[0][2] == {"lang": "en", "n": 3}
     (tmp_path / "b.csv").write_text("id,text,year,zip,score\n1,a dog,1999,02134,0.5\n2,a bird,2004,10001,x\n")
     rows = list(read_records(str(tmp_path / "b.csv"), "text", "id", "year,zip,score"))
     assert rows[0][2] == {"year": 1999, "zip": "02134", "score": 0.5} and rows[1][2]["score"] == "x"
     with pytest.warns(UserWarning, match="no record has the metadata field.s. 'colour'"):
         list(read_records(str(tmp_path / "b.csv"), "text", "id", "year,colour"))
+
+
+def test_export_to_stdout_builds_back_with_its_vectors_and_embeds_nothing(runner, tmp_path, corpus, model,
+                                                                          monkeypatch):
+    texts, xb = corpus[0][:40], corpus[1][:40]
+    store = str(tmp_path / "a.qvec")
+    with qvec.open(store, quantization="fp32", embedder=model) as s:
+        s.add(texts, vectors=xb, ids=[f"d{i}" for i in range(40)],
+              metadata=[{"n": i, "text": "a field named text", "id": "and one named id"} for i in range(40)])
+    r = runner.invoke(main, ["export", store, "--vectors", "--where", '{"n": {"$lt": 30}}'])  # stdout by default
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert len(rows) == 30 and set(rows[0]) == {"id", "text", "metadata", "vector"}
+    assert rows[3]["metadata"] == {"n": 3, "text": "a field named text", "id": "and one named id"}  # not clobbered
+    (tmp_path / "rows.jsonl").write_text(r.output)
+
+    def no_model(*a, **k):
+        raise AssertionError("an export with vectors must not be embedded again")
+
+    monkeypatch.setattr(type(model), "embed", no_model)
+    monkeypatch.setattr("qvec.embedder.SentenceTransformerEmbedder.embed", no_model)
+    copy = str(tmp_path / "copy.qvec")
+    r = runner.invoke(main, ["build", copy, str(tmp_path / "rows.jsonl"), "-q", "fp32", "--quiet"])
+    assert r.exit_code == 0 and r.output.startswith("30 vectors"), r.output
+    with qvec.open(store) as a, qvec.open(copy) as c:
+        ids = [f"d{i}" for i in range(30)]
+        np.testing.assert_allclose(c.vectors(ids), a.vectors(ids), rtol=1e-6, atol=1e-7)  # 9 digits: float32 exact
+        assert c.get("d3").metadata == rows[3]["metadata"] and c.get("d3").text == texts[3]
+        assert [h.id for h in c.search(xb[7], 5)] == [h.id for h in a.search(xb[7], 5, where={"n": {"$lt": 30}})]
+        # the vectors are not kept as metadata: SQLite holds texts, not 384 floats per row as JSON
+        assert "vector" not in json.dumps([i.metadata for i in c.get(ids)])
+    # the pipe: `qvec export --vectors | qvec build COPY -` (stdin whose first line is a JSON object is JSONL)
+    r = runner.invoke(main, ["build", str(tmp_path / "piped.qvec"), "-", "-q", "int8", "--quiet"],
+                      input="".join(json.dumps(row) + "\n" for row in rows))
+    assert r.exit_code == 0 and r.output.startswith("30 vectors"), r.output
+    with qvec.open(tmp_path / "piped.qvec") as p:
+        assert p.get("d29").text == texts[29] and p.get("d29").metadata["n"] == 29
+
+
+def test_jsonl_records_with_and_without_their_own_vectors(runner, tmp_path, corpus, model):
+    texts, xb = corpus[0][:3], corpus[1][:3]
+    src = tmp_path / "mixed.jsonl"
+    src.write_text(json.dumps({"id": "a", "text": texts[0], "emb": xb[0].tolist()}) + "\n"
+                   + json.dumps({"id": "b", "text": texts[1]}) + "\n"  # no vector: embedded with the model
+                   + json.dumps({"id": "c", "text": texts[2], "emb": xb[2].tolist()}) + "\n")
+    store = str(tmp_path / "m.qvec")
+    r = runner.invoke(main, ["build", store, str(src), "-q", "fp32", "--vector-field", "emb", "--quiet"])
+    assert r.exit_code == 0, r.output
+    with qvec.open(store) as s:
+        got = s.vectors(["a", "b", "c"])
+        unit = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+        np.testing.assert_allclose(got[[0, 2]], unit[[0, 2]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], model.embed([texts[1]])[0], rtol=1e-4, atol=1e-5)
+        assert s.get("a").metadata == {}  # "emb" is the vector, not metadata
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([{"id": "a", "text": "x", "vector": "0.1 0.2"}], "bad.jsonl:1: field 'vector' is not a list of numbers"),
+    ([{"id": "a", "text": "x", "vector": [0.1, 0.2]}, {"id": "b", "text": "y", "vector": [0.1]}],
+     "bad.jsonl:2: a 1-dim vector after 2-dim ones"),
+    ([{"id": "a", "text": "x", "vector": [0.1, None]}], "bad.jsonl:1: field 'vector' is not a list of numbers"),
+])
+def test_a_bad_vector_field_names_file_and_line(runner, tmp_path, lines, message):
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    r = runner.invoke(main, ["build", str(tmp_path / "b.qvec"), str(tmp_path / "bad.jsonl"), "--quiet"])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "b.qvec").exists()
+
+
+def test_faiss_clustering_chatter_only_with_verbose(tmp_path):
+    x = np.random.default_rng(0).normal(size=(1200, 32)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    qvec_cli = [sys.executable, "-m", "qvec"]
+    for name in ("q", "v"):
+        subprocess.run([*qvec_cli, "build", str(tmp_path / f"{name}.qvec"), str(tmp_path / "v.npy"), "-q", "pq8",
+                        "--index", "ivf16", "--rescore"], check=True, capture_output=True)
+    quiet = subprocess.run([*qvec_cli, "retrain", str(tmp_path / "q.qvec")], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    # qvec's own one line says the training set is small; FAISS's 9 lines saying it again are not shown
+    assert quiet.stderr.splitlines() == ["warning: training pq8/ivf16 on 1200 vectors; 9984 or more give better codes"]
+    loud = subprocess.run([*qvec_cli, "--verbose", "retrain", str(tmp_path / "v.qvec")], capture_output=True, text=True)
+    assert loud.returncode == 0 and "faiss: WARNING clustering 1200 points to 256 centroids" in loud.stderr

@@ -79,6 +79,36 @@ def test_sharded_build_answers_as_one_store_with_the_same_codes(tmp_path, docs_n
         assert [h.id for h in s.search(xq[3], k=5)] == [h.id for h in t.search(xq[3], k=5)]
 
 
+def test_keyword_and_hybrid_search_over_shards(tmp_path, docs_npy, corpus):
+    texts, xb, _, xq = corpus
+    distributed.build(tmp_path / "s", [str(docs_npy)], shards=3, quantization="int8", progress=False)
+    one = qvec.open(tmp_path / "one", quantization="int8")
+    with qvec.open(tmp_path / "s") as s:
+        one.train(codes=s._shards.stores[0].trained_codes())
+        one.add(texts, vectors=xb, ids=[f"d{i}" for i in range(len(xb))],
+                metadata=[{"n": i, "even": i % 2 == 0} for i in range(len(xb))])
+        hits = s.search("generator expression", k=10, mode="keyword")
+        assert hits and all("generator" in h.text.casefold() or "expression" in h.text.casefold() for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        # BM25 on each shard's own statistics: the same rows as one store's, in nearly the same order
+        same = {h.id for h in one.search("generator expression", k=10, mode="keyword")}
+        assert len(same & {h.id for h in hits}) >= 8
+        evens = s.search("generator expression", k=10, mode="keyword", where={"even": True})
+        assert evens and all(h.metadata["even"] for h in evens)
+        for i in (3, 50, 200):
+            fused = s.search(texts[i], k=5, mode="hybrid")
+            assert fused[0].text == texts[i] and all(h.score <= 2 / 61 + 1e-9 for h in fused)
+            assert len({h.id for h in fused} & {h.id for h in one.search(texts[i], k=5, mode="hybrid")}) >= 4
+        bare = s.search(xq[0], k=3, mode="hybrid", text="class", include=())
+        assert len(bare) == 3 and all(h.text is None and h.metadata is None for h in bare)
+        with pytest.raises(qvec.InvalidInput, match="needs the query's text"):
+            s.search(xq[0], k=3, mode="keyword")
+    one.close()
+    with qvec.open(tmp_path / "s", ray="auto", read_only=True) as r, qvec.open(tmp_path / "s", read_only=True) as t:
+        assert [h.id for h in r.search("file object", k=5, mode="hybrid")] == \
+            [h.id for h in t.search("file object", k=5, mode="hybrid")]
+
+
 def test_a_killed_build_is_incomplete_until_the_same_command_resumes_it(tmp_path, corpus):
     xb = np.tile(corpus[1], (24, 1))  # 15K rows, ids docs.npy:i
     np.save(tmp_path / "docs.npy", xb)
@@ -154,8 +184,8 @@ def test_cli_builds_a_sharded_store_from_text(tmp_path, corpus):
     assert r.exit_code == 0 and "shards       2" in r.output, r.output
     r = runner.invoke(main, ["search", str(tmp_path / "t"), corpus[0][5].replace("\n", " ")[:200], "-k", "3"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["search", str(tmp_path / "t"), "objects", "--mode", "hybrid"])
-    assert r.exit_code == 1 and "not supported on a sharded store" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["search", str(tmp_path / "t"), "objects", "--mode", "hybrid", "-k", "3"])
+    assert r.exit_code == 0 and r.output.count("\n") == 4 and "Traceback" not in r.output, r.output
     r = runner.invoke(main, ["build", str(tmp_path / "t"), str(tmp_path / "p.txt"), "--shards", "3", "--quiet"])
     assert r.exit_code != 0 and "2 shards, not 3" in r.output and "Traceback" not in r.output
 
