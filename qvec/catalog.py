@@ -31,12 +31,13 @@ import sqlite_utils
 
 from .errors import CorruptStore, DuplicateId, IdNotFound, IncompatibleStore, QvecError, StoreLocked, StoreNotFound
 from .filters import evaluate, index_entries
-from .idmap import IdMap
+from .idmap import IdMap, trim_heap
 from .inputs import id_list
 
 __all__ = ["Catalog", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
+ID_MAP_BLOCK = 65_536  # rows fetched at a time to build the fid -> id map
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -305,9 +306,13 @@ class Catalog:
         (the hot path of search with include=())."""
         m = self._id_map
         if m is None:
-            rows = self.conn.execute("SELECT fid, id FROM items ORDER BY fid").fetchall()
-            fids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            m = IdMap(fids, [r[1] for r in rows])
+            # a block of rows at a time: 10M rows fetched at once were 1.4 GB of Python tuples
+            m = IdMap(np.zeros(0, np.int64), [])
+            cursor = self.conn.execute("SELECT fid, id FROM items ORDER BY fid")
+            while rows := cursor.fetchmany(ID_MAP_BLOCK):
+                m.add(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows])
+            m.shrink()
+            trim_heap()
             self._id_map, self._id_map_version = m, self.data_version()
         return m
 

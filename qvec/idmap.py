@@ -14,7 +14,12 @@ when rows are renumbered, and when a reader moves to a newer snapshot.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
+
+_LIBC = None
+SMALL_LOOKUP = 16  # fids looked up one by one below this many (see _lookup_few)
 
 
 def _grown(a: np.ndarray, need: int) -> np.ndarray:
@@ -66,6 +71,8 @@ class IdMap:
     def lookup(self, fids: np.ndarray) -> tuple[list[str | None], int]:
         """The id of each of ``fids`` in order, None where no live row has it; and how many have one."""
         fids = np.asarray(fids, dtype=np.int64)
+        if len(fids) <= SMALL_LOOKUP:
+            return self._lookup_few(fids.tolist())
         ok = (fids >= 0) & (fids < self._size)
         ok[ok] = self._alive[fids[ok]]
         live = fids[ok]
@@ -83,12 +90,40 @@ class IdMap:
             out[idx] = i
         return out, len(live)
 
+    def _lookup_few(self, fids: list[int]) -> tuple[list[str | None], int]:
+        """``lookup`` for a single query's hits: one slice per id, where the gather's dozen
+        array operations cost 3x as much."""
+        offsets, alive, data, size = self._offsets, self._alive, self._bytes, self._size
+        out: list[str | None] = []
+        for f in fids:
+            out.append(data[offsets[f] : offsets[f + 1] - 1].tobytes().decode() if 0 <= f < size and alive[f]
+                       else None)
+        return out, len(out) - out.count(None)
+
     def ids_of(self, fids: np.ndarray) -> dict[int, str]:
         """fid → id for those of ``fids`` that are live rows (-1 and deleted fids left out)."""
         fids = np.asarray(fids, dtype=np.int64)
         ids, _ = self.lookup(fids)
         return {f: i for f, i in zip(fids.tolist(), ids) if i is not None}
 
+    def shrink(self) -> None:
+        """Drop the room to grow that appends left (up to half of each buffer after a build)."""
+        end = int(self._offsets[self._size])
+        self._bytes, self._offsets = self._bytes[:end].copy(), self._offsets[: self._size + 1].copy()
+        self._alive = self._alive[: self._size].copy()
+
     def nbytes(self) -> int:
         """RAM the map holds (its buffers, including room to grow)."""
         return self._bytes.nbytes + self._offsets.nbytes + self._alive.nbytes
+
+
+def trim_heap() -> None:
+    """Give the C heap's freed pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). Building the map of 10M rows or reading a large index frees hundreds of MB of
+    small blocks that glibc keeps mapped, and a server's resident memory would count them."""
+    global _LIBC
+    try:
+        _LIBC = _LIBC or ctypes.CDLL(None)
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

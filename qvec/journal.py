@@ -31,6 +31,7 @@ import numpy as np
 from .catalog import Catalog
 from .config import Settings
 from .errors import CorruptStore, InvalidInput, NotTrained, QvecError, SettingsConflict, StoreLocked, StoreNotFound
+from .idmap import trim_heap
 from .index import CHUNK, ExactBuffer, TrainedCodes, VectorIndex, empty_index
 from .originals import Originals
 
@@ -256,9 +257,11 @@ class Journal:
         threshold = state.get("binary_threshold")
         threshold = None if threshold is None else np.asarray(threshold, dtype=np.float32)
         try:
-            index = VectorIndex.deserialize(settings, data, threshold)
+            index = VectorIndex.deserialize(settings, data, threshold, state.get("index_fixed_bytes"))
         except ValueError as e:
             raise CorruptStore(f"index file {file} cannot be read: {e}; restore it from a backup") from None
+        del data
+        trim_heap()  # the file's bytes, and FAISS's copy of them, were freed in blocks glibc would keep
         if index.ntotal != state.get("index_ntotal", index.ntotal) or index.max_fid() > state.get(
                 "index_max_fid", state["next_fid"] - 1):
             raise CorruptStore(f"index file {file} holds {index.ntotal} vectors up to id {index.max_fid()}, the "
@@ -440,7 +443,7 @@ class Journal:
                 leftover.unlink(missing_ok=True)
             raise
         values = {"index_file": name, "index_size": len(data), "checkpoint_seq": seq, "index_ntotal": index.ntotal,
-                  "index_max_fid": index.max_fid(), "index_digest": None}
+                  "index_max_fid": index.max_fid(), "index_digest": None, "index_fixed_bytes": index.known_fixed_bytes}
         values["index_digest"] = _digest(self.state | values, data)
         if index.threshold is not None:
             values["binary_threshold"] = index.threshold.tolist()
@@ -465,7 +468,8 @@ class Journal:
         self.catalog.reclaim()
 
     # -- changing the codes (qvec tune --apply / --rollback) ------------------------------------
-    _SAVED = ("index_file", "index_size", "index_ntotal", "index_max_fid", "index_digest", "binary_threshold")
+    _SAVED = ("index_file", "index_size", "index_ntotal", "index_max_fid", "index_digest", "binary_threshold",
+              "index_fixed_bytes")
 
     def swap_codes(self, index: VectorIndex, settings: Settings) -> None:
         """Make ``index`` (new codes for every live row, built beside the current ones) the

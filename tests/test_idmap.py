@@ -38,6 +38,11 @@ def test_the_map_answers_as_a_dict_would(steps):
             model.pop(f, None)
         asked = np.array(list(range(-1, top + 3)), dtype=np.int64)
         assert m.ids_of(asked) == model
+        few = asked[-9:]  # a single query's hits: looked up one by one
+        assert m.ids_of(few) == {f: model[f] for f in few.tolist() if f in model}
+        if len(model) % 3 == 0:  # shrunk to fit, the map answers the same and still grows
+            m.shrink()
+            assert m.ids_of(asked) == model
     rebuilt = IdMap(np.array(sorted(model), dtype=np.int64), [model[f] for f in sorted(model)])
     assert rebuilt.ids_of(np.arange(top + 1)) == model
 
@@ -97,4 +102,26 @@ def test_stats_measures_the_saved_index_without_serialising_it(tmp_path, quantiz
         s.checkpoint()
     serialised = s.journal.index.bytes_per_vector()  # measured by serialising the whole index
     assert s.stats().bytes_per_vector == pytest.approx(serialised)
+    # the fixed bytes were measured before the first add and saved with the checkpoint: a reopened
+    # store knows them without cloning its index (FAISS's clone copies every code)
+    emptied = len(s.journal.index.emptied().serialize())
+    assert s.stats().fixed_bytes == emptied
     s.close()
+    with qvec.open(tmp_path / "s.qvec", read_only=True) as r:
+        assert r.journal.index.known_fixed_bytes == emptied and r.stats().fixed_bytes == emptied
+
+
+def test_a_map_built_from_many_blocks_holds_no_room_to_spare(tmp_path, monkeypatch):
+    """The catalog builds the map a block of rows at a time (not 10M tuples at once) and shrinks
+    it: its bytes are the ids' bytes + 1, 8 bytes of offset and 1 of liveness per fid."""
+    monkeypatch.setattr("qvec.catalog.ID_MAP_BLOCK", 7)
+    rng = np.random.default_rng(0)
+    ids = [f"doc-{i}" * (1 + i % 3) for i in range(500)]
+    with qvec.open(tmp_path / "s", quantization="fp32") as s:
+        s.add(vectors=rng.normal(size=(500, 8)), ids=ids)
+    with qvec.open(tmp_path / "s", read_only=True) as s:
+        x = s.vectors(ids[:50])
+        assert [h.id for h in s.search(x[3], 1, include=())] == [ids[3]]
+        assert s.stats().id_map_bytes == sum(len(i) + 1 for i in ids) + 8 * 501 + 500
+        got = s.search_batch(x, 1, include=())
+        assert [h[0].id for h in got] == ids[:50]
