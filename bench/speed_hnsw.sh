@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 qvec bench --corpus bench/data/gcide/docs.jsonl --queries bench/data/gcide/headwords.jsonl \
     --cache-dir bench/data/cache --out bench/results/speed_hnsw --name "GCIDE definitions, headword queries: HNSW speed" \
-    --config int8/flat --config int8/hnsw32/ef=80 --config int8/hnsw32/ef=96 --config int8/hnsw32/rescore=2/ef=64
+    --config int8/flat --config int8/hnsw32/ef=64 --config int8/hnsw32/ef=72 --config int8/hnsw32/ef=80 \
+    --config int8/hnsw32/rescore=2/ef=64
