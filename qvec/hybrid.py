@@ -30,8 +30,8 @@ from .errors import InvalidInput, ReadOnlyStore
 from .guard import holding, reads, writes
 from .records import Hit
 
-__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "fusion_weights",
-           "fusion_k"]
+__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "checked",
+           "fusion_weights", "fusion_k"]
 
 MODES = ("vector", "keyword", "hybrid")
 RRF_K = 60
@@ -73,13 +73,7 @@ class Hybrid:
 
     def _search_words(self, query, k: int, *, where, include, mode: str, text: str | None, weights, rrf_k: int,
                       params: dict) -> list[Hit]:
-        if isinstance(query, str):
-            text = query if text is None else text
-        if not isinstance(text, str):
-            raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
-                               "beside a vector")
-        k, include = inputs.check_k(k), inputs.check_include(include)
-        w, rrf_k = fusion_weights(weights), fusion_k(rrf_k)
+        text, k, include, w, rrf_k = checked(query, k, include, mode, text, weights, rrf_k)
         p, depth = SearchParams.parse(params), max(DEPTH, 2 * k)
         xq = None
         if mode == "hybrid" and self.settings is not None:  # embedded before any lock is taken
@@ -121,6 +115,17 @@ class Hybrid:
                 raise ReadOnlyStore(f"{self.path} has no full-text index yet (made before qvec had one): run qvec "
                                     "search --mode keyword on it once, or enable_fulltext() on a writable open")
             self.enable_fulltext()
+
+
+def checked(query, k, include, mode: str, text, weights, rrf_k):
+    """A keyword or hybrid search's arguments, checked: (text, k, include, weights, rrf_k).
+    The text is the query's own, or ``text=`` beside a vector query."""
+    if isinstance(query, str):
+        text = query if text is None else text
+    if not isinstance(text, str):
+        raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
+                           "beside a vector")
+    return text, inputs.check_k(k), inputs.check_include(include), fusion_weights(weights), fusion_k(rrf_k)
 
 
 def fusion_weights(weights) -> tuple[float, float]:

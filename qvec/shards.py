@@ -50,7 +50,7 @@ from .errors import (
     SettingsConflict,
     StoreClosed,
 )
-from .hybrid import DEPTH, check_mode, fuse, fusion_k, fusion_weights, options
+from .hybrid import DEPTH, check_mode, checked, fuse, options
 from .index import TrainedCodes
 from .records import Hit, Stats
 
@@ -373,13 +373,7 @@ class ShardedStore:
         and for hybrid each shard's vector top list, merged likewise, fused by rank here. BM25
         uses each shard's own term statistics, as Elasticsearch's default search does: rows are
         spread by a hash of their id, so each shard's statistics are a sample of the whole's."""
-        if isinstance(query, str):
-            text = query if text is None else text
-        if not isinstance(text, str):
-            raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
-                               "beside a vector")
-        k, include = inputs.check_k(k), inputs.check_include(include)
-        w, rrf_k = fusion_weights(weights), fusion_k(rrf_k)
+        text, k, include, w, rrf_k = checked(query, k, include, mode, text, weights, rrf_k)
         SearchParams.parse(params)
         if mode == "keyword":
             return _merged(self._each("search", None, text, k, where=where, include=include, mode="keyword"), k, False)
