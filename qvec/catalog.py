@@ -306,7 +306,7 @@ class Catalog:
         (the hot path of search with include=())."""
         m = self._id_map
         if m is None:
-            # a block of rows at a time: 10M rows fetched at once were 1.4 GB of Python tuples
+            # a block of rows at a time: 10M rows fetched at once are about 1.4 GB of Python tuples
             m = IdMap(np.zeros(0, np.int64), [])
             cursor = self.conn.execute("SELECT fid, id FROM items ORDER BY fid")
             while rows := cursor.fetchmany(ID_MAP_BLOCK):
