@@ -365,6 +365,7 @@ class ShardedStore:
 
     def search(self, query, k: int = 10, *, where=None, include=inputs.INCLUDE, mode="vector", **params) -> list[Hit]:
         if check_mode(mode) == "vector":
+            params.pop("text", None)  # a vector query's text is for the keyword half only, as in Store.search
             return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
         return self._search_words(query, k, where=where, include=include, mode=mode, **options(params))
 

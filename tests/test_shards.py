@@ -99,6 +99,7 @@ def test_keyword_and_hybrid_search_over_shards(tmp_path, docs_npy, corpus):
             fused = s.search(texts[i], k=5, mode="hybrid")
             assert fused[0].text == texts[i] and all(h.score <= 2 / 61 + 1e-9 for h in fused)
             assert len({h.id for h in fused} & {h.id for h in one.search(texts[i], k=5, mode="hybrid")}) >= 4
+        assert [h.id for h in s.search(xq[0], k=3, text="class")] == [h.id for h in s.search(xq[0], k=3)]
         bare = s.search(xq[0], k=3, mode="hybrid", text="class", include=())
         assert len(bare) == 3 and all(h.text is None and h.metadata is None for h in bare)
         with pytest.raises(qvec.InvalidInput, match="needs the query's text"):
