@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import sys
 import textwrap
@@ -23,8 +24,17 @@ from . import __version__
 from . import open as open_store
 from .config import ORIGINALS
 from .embedder import MODEL_PRECISIONS
-from .errors import InputFileError, InvalidFilter, InvalidInput, InvalidSpec, QvecError, TextTruncated
+from .errors import (
+    InputFileError,
+    InvalidFilter,
+    InvalidInput,
+    InvalidSpec,
+    QvecError,
+    StorageFull,
+    TextTruncated,
+)
 from .formats import VECTOR_SUFFIXES, read_ann_hdf5, read_vectors
+from .guard import FULL_DISK
 from .sources import read_jsonl, read_records
 
 USAGE_ERRORS = (InvalidSpec, InvalidFilter, InputFileError)
@@ -590,7 +600,19 @@ def export(ctx, store, out, with_vectors, where):
                 if vecs is not None:
                     row["vector"] = _short_floats(vecs[j])
                 lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-            out.write("".join(lines))
+            _write_out(out, "".join(lines), i)
+
+
+def _write_out(out, text: str, done: int) -> None:
+    """One block of an export written; a full disk is one line naming how far it got."""
+    try:
+        out.write(text)
+        out.flush()
+    except OSError as e:
+        if e.errno not in FULL_DISK:
+            raise
+        raise StorageFull(f"{out.name}: {os.strerror(e.errno)} after {done:,} rows: the export stopped part-way "
+                          "(the store is unchanged); free space and run it again") from None
 
 
 def _short_floats(v: np.ndarray) -> list[float]:
@@ -668,7 +690,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
             xb, xq = read_vectors(vectors), None
     else:
         _must_exist(ctx, corpus, "--corpus")
-        rows = list(read_records(corpus, "text", "id", None, vector_field=""))
+        rows = list(read_records(corpus, "text", "id", None, vector_field=None))
         doc_ids = [r[0] for r in rows]
         xb = embed([r[1] for r in rows], "documents")
     relevant = None
@@ -677,7 +699,7 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         if queries.lower().endswith(VECTOR_SUFFIXES):
             xq, gt = read_vectors(queries), None
         else:
-            qrows = list(read_records(queries, "text", "id", "relevant", vector_field=""))
+            qrows = list(read_records(queries, "text", "id", "relevant", vector_field=None))
             xq, gt = embed([r[1] for r in qrows], "queries"), None
             relevant = _relevant_rows(queries, qrows, doc_ids if doc_ids is not None else len(xb))
     if xq is None:

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 from .errors import CorruptStore, QvecError, StorageError, StorageFull, StoreClosed
 
-__all__ = ["holding", "storage_errors", "reads", "writes"]
+__all__ = ["holding", "storage_errors", "reads", "writes", "FULL_DISK"]
 
-_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # what a full disk (or file-size limit) raises
 
 
 @contextmanager
@@ -35,7 +35,7 @@ def storage_errors(path):
         raise StorageError(f"{path}: SQLite failed: {msg}") from None
     except OSError as e:
         where = e.filename or path
-        if e.errno in _FULL:
+        if e.errno in FULL_DISK:
             raise StorageFull(f"{where}: {os.strerror(e.errno)}: free space (or raise the file-size limit) and "
                               "retry; the call stored nothing") from None
         raise StorageError(f"{where}: {e.strerror or e}") from None

@@ -30,8 +30,7 @@ from .errors import InvalidInput, ReadOnlyStore
 from .guard import holding, reads, writes
 from .records import Hit
 
-__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "checked",
-           "fusion_weights", "fusion_k"]
+__all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "checked"]
 
 MODES = ("vector", "keyword", "hybrid")
 RRF_K = 60
@@ -125,10 +124,10 @@ def checked(query, k, include, mode: str, text, weights, rrf_k):
     if not isinstance(text, str):
         raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
                            "beside a vector")
-    return text, inputs.check_k(k), inputs.check_include(include), fusion_weights(weights), fusion_k(rrf_k)
+    return text, inputs.check_k(k), inputs.check_include(include), _weights(weights), _rrf_k(rrf_k)
 
 
-def fusion_weights(weights) -> tuple[float, float]:
+def _weights(weights) -> tuple[float, float]:
     try:
         w = tuple(float(x) for x in weights)
     except (TypeError, ValueError):
@@ -138,7 +137,7 @@ def fusion_weights(weights) -> tuple[float, float]:
     return w
 
 
-def fusion_k(rrf_k) -> int:
+def _rrf_k(rrf_k) -> int:
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
         raise InvalidInput(f"rrf_k must be a non-negative integer, got {rrf_k!r}")
     return rrf_k

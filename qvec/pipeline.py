@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from .errors import DimensionMismatch
+
 __all__ = ["run", "batched", "ingest"]
 
 
@@ -133,6 +135,11 @@ def own_vectors(batch: list[tuple], texts: list[str], embed: Callable[[list[str]
     if missing:
         if embed is None:
             raise TypeError("own_vectors: rows without vectors need an embed function")
-        for i, v in zip(missing, embed([texts[i] for i in missing])):
+        made = embed([texts[i] for i in missing])
+        own = len(next(v for v in given if v is not None))
+        if made.shape[1] != own:
+            raise DimensionMismatch(f"the rows' own vectors are {own}-dim and the model embeds the rest at "
+                                    f"{made.shape[1]}-dim: give every row a vector from that model, or none")
+        for i, v in zip(missing, made):
             given[i] = v
     return given

@@ -22,11 +22,11 @@ __all__ = ["read_records", "read_jsonl"]
 
 
 def read_records(path: str, text_field: str, id_field: str, metadata_fields: str | None,
-                 vector_field: str = "vector"):
+                 vector_field: str | None = "vector"):
     """Yield (id, text, metadata, vector or None) from JSONL, CSV or plain text (one document
     per line); stdin (``-``) is JSONL when its first line is a JSON object. A JSONL record's
-    ``vector_field`` list is its embedding, used instead of embedding its text; every vector
-    of a file must have the same length."""
+    ``vector_field`` list is its embedding, used instead of embedding its text (None: no record
+    has one); every vector of a file must have the same length."""
     name = "stdin" if path == "-" else Path(path).name
     suffix = "" if path == "-" else Path(path).suffix.lower()
     with sys.stdin.buffer if path == "-" else open(path, "rb") as raw:  # noqa: SIM115
@@ -62,7 +62,7 @@ def read_records(path: str, text_field: str, id_field: str, metadata_fields: str
                 seen.update(k for k in named if k in row)
             if suffix == ".csv":
                 meta = {k: _typed(v) for k, v in meta.items()}
-            vector = row.get(vector_field) if suffix not in (".csv", "", ".txt") else None
+            vector = row.get(vector_field) if vector_field and suffix not in (".csv", "", ".txt") else None
             if vector is not None:
                 dim = _check_vector(vector, dim, f"{name}:{lineno}", vector_field)
             yield rid, text, meta, vector

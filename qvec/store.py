@@ -213,7 +213,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
             self._maintain()
         return len(fids)
 
-    def ingest(self, rows: Iterable[tuple[str, str, dict | None]], *, batch_size: int = 256, upsert: bool = False,
+    def ingest(self, rows: Iterable[tuple], *, batch_size: int = 256, upsert: bool = False,
                skip_existing: bool = False, on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
         """Add ``(id, text, metadata)`` rows (or ``(id, text, metadata, vector)``: the row's own
         embedding) from any iterable, reading, embedding and writing batches at once

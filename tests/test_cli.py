@@ -332,16 +332,19 @@ def test_jsonl_records_with_and_without_their_own_vectors(runner, tmp_path, corp
         assert s.get("a").metadata == {}  # "emb" is the vector, not metadata
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([{"id": "a", "text": "x", "vector": "0.1 0.2"}], "bad.jsonl:1: field 'vector' is not a list of numbers"),
+@pytest.mark.parametrize("lines, message, code", [
+    ([{"id": "a", "text": "x", "vector": "0.1 0.2"}], "bad.jsonl:1: field 'vector' is not a list of numbers", 2),
     ([{"id": "a", "text": "x", "vector": [0.1, 0.2]}, {"id": "b", "text": "y", "vector": [0.1]}],
-     "bad.jsonl:2: a 1-dim vector after 2-dim ones"),
-    ([{"id": "a", "text": "x", "vector": [0.1, None]}], "bad.jsonl:1: field 'vector' is not a list of numbers"),
+     "bad.jsonl:2: a 1-dim vector after 2-dim ones", 2),
+    ([{"id": "a", "text": "x", "vector": [0.1, None]}], "bad.jsonl:1: field 'vector' is not a list of numbers", 2),
+    ([{"id": "a", "text": "x", "vector": [0.1, 0.2, 0.3]}, {"id": "b", "text": "no vector: embedded at 384"}],
+     "the rows' own vectors are 3-dim and the model embeds the rest at 384-dim", 1),
+    ([{"id": "a", "text": "x", "vector": [1e39, 0.0]}], "contains NaN or inf (or a value beyond float32)", 1),
 ])
-def test_a_bad_vector_field_names_file_and_line(runner, tmp_path, lines, message):
+def test_a_bad_vector_field_names_file_and_line(runner, tmp_path, lines, message, code):
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     r = runner.invoke(main, ["build", str(tmp_path / "b.qvec"), str(tmp_path / "bad.jsonl"), "--quiet"])
-    assert r.exit_code == 2 and message in r.output, r.output
+    assert r.exit_code == code and message in r.output and len(r.output.splitlines()) == 1, r.output
     assert not (tmp_path / "b.qvec").exists()
 
 

@@ -91,6 +91,27 @@ def test_a_full_disk_is_storage_full_and_loses_nothing(rescore):
     assert out["map_agrees"]  # the rolled-back batch never reached the in-memory id map
 
 
+EXPORT_TO_FULL_DISK = textwrap.dedent("""
+    import json, subprocess, sys
+    mnt, store = sys.argv[1], sys.argv[2]
+    r = subprocess.run([sys.executable, "-m", "qvec", "export", store, mnt + "/rows.jsonl", "--vectors"],
+                       capture_output=True, text=True)
+    print(json.dumps({"code": r.returncode, "stderr": r.stderr}))
+""")
+
+
+def test_an_export_to_a_full_disk_is_one_line_and_the_store_unchanged(tmp_path):
+    x = np.random.default_rng(2).standard_normal((3000, 64)).astype(np.float32)
+    with qvec.open(tmp_path / "s.qvec", quantization="fp32") as s:
+        s.add(vectors=x, ids=[f"r{i}" for i in range(len(x))])
+    out = run_on_small_tmpfs(EXPORT_TO_FULL_DISK, str(tmp_path / "s.qvec"), size="256k")
+    assert out["code"] == 1 and "Traceback" not in out["stderr"], out["stderr"]
+    assert out["stderr"].startswith("Error: ") and len(out["stderr"].splitlines()) == 1
+    assert "No space left on device after" in out["stderr"] and "the export stopped part-way" in out["stderr"]
+    with qvec.open(tmp_path / "s.qvec", read_only=True) as s:
+        assert len(s) == 3000 and np.allclose(s.vectors(["r7"])[0], x[7] / np.linalg.norm(x[7]), atol=1e-6)
+
+
 # -- damaged and edited files ---------------------------------------------------------------------
 @pytest.fixture
 def built(tmp_path):
