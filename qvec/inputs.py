@@ -24,8 +24,11 @@ def as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarra
         raw = np.asarray(vectors)
         if raw.dtype.kind == "c":
             raise InvalidInput(f"{what} are complex numbers: pass real vectors (the imaginary part would be dropped)")
-        with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 is refused below, by name
+        if raw.dtype == np.float32:  # the hot path: a query as models and FAISS give it
             x = raw.astype(np.float32)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 is refused below, by name
+                x = raw.astype(np.float32)
     except (TypeError, ValueError) as e:
         if isinstance(e, InvalidInput):
             raise
