@@ -28,7 +28,7 @@ from . import inputs
 from .config import SearchParams
 from .errors import InvalidInput, ReadOnlyStore
 from .guard import holding, reads, writes
-from .records import Hit
+from .records import Hit, hits
 
 __all__ = ["MODES", "RRF_K", "Hybrid", "match_expression", "fuse", "check_mode", "options", "checked"]
 
@@ -87,13 +87,13 @@ class Hybrid:
             kw_scores, kw_fids = none if empty or not match else self.catalog.keyword(
                 match, depth if mode == "hybrid" else k, allowed)
             if mode == "keyword":
-                return self._hits(kw_scores[None, :], kw_fids[None, :], include)[0]
+                return hits(kw_scores[None, :], kw_fids[None, :], include, self.catalog)[0]
             vec_fids = none[1]
             if xq is not None and not empty and self.journal.index is not None and self.journal.index.ntotal:
                 _, idx = self._plan(inputs.normalised(xq, self.settings.metric), depth, allowed, p)
                 vec_fids = idx[0][idx[0] >= 0]
             scores, fids = fuse([vec_fids, kw_fids], w, rrf_k, k)
-            return self._hits(scores[None, :], fids[None, :], include)[0]
+            return hits(scores[None, :], fids[None, :], include, self.catalog)[0]
 
     @property
     @reads

@@ -41,6 +41,7 @@ class IdMap:
         self._offsets = np.zeros(16, dtype=np.int64)  # fid f's id starts at _offsets[f], ends before _offsets[f+1]
         self._alive = np.zeros(15, dtype=bool)
         self._size = 0  # fids below this are covered
+        self._viewed()
         self.add(np.asarray(fids, dtype=np.int64), ids)
 
     def add(self, fids: np.ndarray, ids: list[str]) -> None:
@@ -63,6 +64,11 @@ class IdMap:
         self._bytes[start : start + len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
         self._alive[fids] = True
         self._size = top
+        self._viewed()
+
+    def _viewed(self) -> None:
+        """Memoryviews of the buffers for ``_lookup_few``, made again whenever a buffer is replaced."""
+        self._views = memoryview(self._offsets), memoryview(self._alive), memoryview(self._bytes)
 
     def remove(self, fids: np.ndarray) -> None:
         fids = np.asarray(fids, dtype=np.int64)
@@ -92,12 +98,13 @@ class IdMap:
 
     def _lookup_few(self, fids: list[int]) -> tuple[list[str | None], int]:
         """``lookup`` for a single query's hits: one slice per id, where the gather's dozen
-        array operations cost 3x as much."""
-        offsets, alive, data, size = self._offsets, self._alive, self._bytes, self._size
+        array operations cost 3x as much. Through memoryviews, whose items are Python ints
+        and bools (numpy's scalars cost twice as much to make)."""
+        offsets, alive, data = self._views
+        size = self._size
         out: list[str | None] = []
         for f in fids:
-            out.append(data[offsets[f] : offsets[f + 1] - 1].tobytes().decode() if 0 <= f < size and alive[f]
-                       else None)
+            out.append(str(data[offsets[f] : offsets[f + 1] - 1], "utf-8") if 0 <= f < size and alive[f] else None)
         return out, len(out) - out.count(None)
 
     def ids_of(self, fids: np.ndarray) -> dict[int, str]:
@@ -111,6 +118,7 @@ class IdMap:
         end = int(self._offsets[self._size])
         self._bytes, self._offsets = self._bytes[:end].copy(), self._offsets[: self._size + 1].copy()
         self._alive = self._alive[: self._size].copy()
+        self._viewed()
 
     def nbytes(self) -> int:
         """RAM the map holds (its buffers, including room to grow)."""

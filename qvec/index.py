@@ -4,8 +4,8 @@ Two indexes stand behind one interface (``add``, ``remove``, ``search`` with an 
 ``reconstruct``, ``fids``), so the store never branches on whether codes are trained:
 ``ExactBuffer`` holds the FP32 vectors that wait for training and searches them exactly;
 ``VectorIndex`` holds trained codes. Exact top-k over given rows (``exact_search``) and
-re-ranking candidates against originals (``rescore``, a block of queries at a time) live
-here too.
+the top k of each query's candidates by exact scores (``top_k``, which re-ranking from the
+originals calls) live here too.
 
 Every vector carries its store-wide integer id (``fid``). Fids are assigned by the store,
 only ever increase, and are never reused.
@@ -54,10 +54,9 @@ import numpy as np
 
 from .config import HNSW, IVF, SQ, RaBitQ, SearchParams, Settings
 from .errors import CorruptStore, NotTrained
-from .idmap import trim_heap
 
-__all__ = ["VectorIndex", "ExactBuffer", "TrainedCodes", "empty_index", "exact_search", "rescore", "new_index",
-           "one_faiss_thread", "FAISS_VERSION"]
+__all__ = ["VectorIndex", "ExactBuffer", "TrainedCodes", "empty_index", "exact_search", "search_rescored", "top_k",
+           "new_index", "one_faiss_thread", "FAISS_VERSION"]
 
 # Fewer queries than this search on one FAISS thread: FAISS splits a batch by query, so
 # more threads only add their start-up, and their spinning, which on a loaded machine
@@ -67,7 +66,7 @@ DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GE
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
 TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
 CHUNK = 65_536  # rows fetched (read, decoded or embedded) at a time when an index is rebuilt
-RESCORE_BLOCK_BYTES = 64 << 20  # candidate vectors gathered at once while re-ranking
+_NO_PARAMS = SearchParams()
 
 _RANGE_STATS = {
     "minmax": faiss.ScalarQuantizer.RS_minmax,
@@ -186,52 +185,29 @@ def exact_search(xq: np.ndarray, x: np.ndarray, fids: np.ndarray, k: int, metric
     return D, np.where(pos >= 0, np.asarray(fids)[np.maximum(pos, 0)], -1)
 
 
-TRIM_AFTER_QUERIES = 64  # a re-ranked batch this large gives its freed heap back (0.3 ms after 1,000 queries)
+def top_k(xq: np.ndarray, rows: np.ndarray, I: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best of its candidates ``I`` (indexes into the float32 ``rows``; -1s last),
+    by exact scores, in one FAISS call that scores them where they lie and keeps a heap."""
+    nq, kc = I.shape
+    kk = min(k, kc)
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    I = np.ascontiguousarray(I, dtype=np.int64)
+    D_out, I_out = np.empty((nq, kk), np.float32), np.empty((nq, kk), np.int64)
+    knn = faiss.knn_L2sqr_by_idx if metric == "l2" else faiss.knn_inner_products_by_idx
+    knn(faiss.swig_ptr(xq), faiss.swig_ptr(rows), faiss.swig_ptr(I), xq.shape[1], nq, len(rows), kc, kk,
+        faiss.swig_ptr(D_out), faiss.swig_ptr(I_out), kc)
+    D_out[I_out < 0] = np.inf if metric == "l2" else -np.inf  # FAISS leaves ±FLT_MAX where a query had fewer
+    return D_out, I_out
 
 
-def search_rescored(index, xq: np.ndarray, k: int, *, read: Callable[[np.ndarray], np.ndarray] | None, metric: str,
-                    oversample: int, allowed: np.ndarray | None = None, params: SearchParams | None = None):
-    """``index``'s top k; with ``read`` (the originals), its top ``k × oversample`` re-ranked
-    by exact scores to k."""
-    if read is None:
+def search_rescored(index, xq: np.ndarray, k: int, *, rerank, metric: str, oversample: int,
+                    allowed: np.ndarray | None = None, params: SearchParams | None = None):
+    """``index``'s top k; with ``rerank`` (``Originals.rerank``), its top ``k × oversample``
+    re-ranked by exact scores to k."""
+    if rerank is None:
         return index.search(xq, k, allowed=allowed, params=params)
     _, I = index.search(xq, k * oversample, allowed=allowed, params=params)
-    return rescore(xq, I, k, read, metric)
-
-
-def rescore(xq: np.ndarray, I: np.ndarray, k: int, read: Callable[[np.ndarray], np.ndarray], metric: str):
-    """Re-rank candidate fids ``I`` (-1: none) by exact scores against ``read(fids)``'s
-    vectors, keeping k per query. Each distinct candidate is read once, and FAISS scores
-    every query against its own candidates where they lie (no (nq, kc, dim) copy of them).
-    Queries go a block at a time, so that the vectors read at once stay near
-    ``RESCORE_BLOCK_BYTES`` however big the batch."""
-    nq, kc = I.shape
-    dim = xq.shape[1]
-    step = max(1, RESCORE_BLOCK_BYTES // max(1, kc * dim * 4))
-    kk = min(k, kc)
-    D_out = np.zeros((nq, kk), np.float32)
-    I_out = np.full((nq, kk), -1, np.int64)
-    worst = np.inf if metric == "l2" else -np.inf
-    by_idx = faiss.fvec_L2sqr_by_idx if metric == "l2" else faiss.fvec_inner_products_by_idx
-    for a in range(0, nq, step):
-        Ib, qb = I[a : a + step], np.ascontiguousarray(xq[a : a + step], dtype=np.float32)
-        valid = Ib >= 0
-        flat, at = np.unique(Ib[valid], return_inverse=True)
-        if not len(flat):
-            D_out[a : a + step] = worst
-            continue
-        rows = np.ascontiguousarray(read(flat), dtype=np.float32)
-        pos = np.zeros(Ib.shape, np.int64)  # each candidate's row in ``rows``
-        pos[valid] = at.reshape(-1)
-        scores = np.empty(Ib.shape, np.float32)
-        by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(qb), faiss.swig_ptr(rows), faiss.swig_ptr(pos), dim, len(qb), kc)
-        scores = np.where(valid, scores, worst)
-        order = np.argsort(scores if metric == "l2" else -scores, axis=1, kind="stable")[:, :kk]
-        D_out[a : a + step] = np.take_along_axis(scores, order, 1)
-        I_out[a : a + step] = np.take_along_axis(np.where(valid, Ib, -1), order, 1)
-    if nq >= TRIM_AFTER_QUERIES:  # the blocks read were freed in pieces glibc keeps (~60 MB per 1,000 queries)
-        trim_heap()
-    return D_out, I_out
+    return rerank(xq, I, k, metric)
 
 
 # -- the untrained side ----------------------------------------------------------------------------
@@ -362,6 +338,7 @@ class VectorIndex:
         self.decodable = not self.binary and not isinstance(settings.codes, RaBitQ)
         self._gemm = (not self.binary and settings.index.kind == "flat"
                       and isinstance(_unwrap(self.index), faiss.IndexScalarQuantizer))
+        self._parameters: dict[tuple, faiss.SearchParameters] = {}  # see _unfiltered_parameters
 
     @classmethod
     def trained(cls, settings: Settings, x: np.ndarray) -> VectorIndex:
@@ -449,12 +426,14 @@ class VectorIndex:
                params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, fids) per query; ``allowed`` restricts the search to those fids
         inside FAISS (an ID selector), so k hits come back whenever k allowed ids exist."""
-        params = params or SearchParams()
+        params = params or _NO_PARAMS
         if self._gemm and not self.tombstones and len(xq) >= DECODED_SEARCH_MIN_QUERIES:
             return self._search_decoded(xq, k, allowed)
         sel, keep = self._selector(allowed)
-        fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
-        if sel is not None:
+        if sel is None:
+            fp = self._unfiltered_parameters(k, params)
+        else:
+            fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
             fp.sel = sel
         with one_faiss_thread() if len(xq) < FEW_QUERIES else nullcontext():
             D, I = self.index.search(self._codes(xq), k, params=fp)
@@ -476,6 +455,17 @@ class VectorIndex:
         if isinstance(ix, HNSW):
             return faiss.SearchParametersHNSW(efSearch=max(ef_search or ix.default_ef_search, k))
         return faiss.SearchParameters()
+
+    def _unfiltered_parameters(self, k: int, params: SearchParams):
+        """search_parameters() without a selector, made once per (k, nprobe, ef_search) and kept:
+        a single HNSW query spent 3 us of its 0.15 ms making them. FAISS only reads them."""
+        key = (k, params.nprobe, params.ef_search)
+        fp = self._parameters.get(key)
+        if fp is None:
+            if len(self._parameters) >= 64:
+                self._parameters.clear()
+            fp = self._parameters[key] = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
+        return fp
 
     def _search_decoded(self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None):
         """What FAISS's flat scalar-quantizer search returns (the same decoded vectors, the
@@ -522,6 +512,8 @@ class VectorIndex:
         """An ID selector from a bitmap over fids: one bit per fid, O(1) per test
         (FAISS bounds-checks ids against the bitmap's byte length).
         Returns (selector, buffers the selector points into, to keep alive)."""
+        if allowed is None and not self.tombstones:
+            return None, None
         dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
         if allowed is None:
             if not len(dead):

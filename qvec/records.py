@@ -15,7 +15,7 @@ import numpy as np
 from .errors import CorruptStore
 from .originals import row_bytes
 
-__all__ = ["Hit", "Item", "Stats", "id_hits", "metadata_of"]
+__all__ = ["Hit", "Item", "Stats", "hits", "id_hits", "metadata_of", "one_query_hits"]
 
 
 class Hit(NamedTuple):
@@ -47,6 +47,24 @@ def id_hits(D: np.ndarray, I: np.ndarray, lookup) -> list[list[Hit]]:
             return [flat[a : a + k] for a in range(0, len(flat), k)]
         return [[_new_hit(Hit, (ids[a], scores[a], None, None)) for a in range(r * k, r * k + k)
                  if ids[a] is not None] for r in range(len(I))]
+
+
+def one_query_hits(D: np.ndarray, I: np.ndarray, lookup) -> list[Hit]:
+    """id_hits of a single query: search()'s latency path."""
+    ids, _ = lookup(I[0])
+    return [_new_hit(Hit, (i, s, None, None)) for i, s in zip(ids, D[0].tolist()) if i is not None]
+
+
+def hits(D: np.ndarray, I: np.ndarray, include: tuple[str, ...], catalog) -> list[list[Hit]]:
+    """Each query's Hits from FAISS's (scores, fids), -1 and deleted fids left out: ids only from
+    the catalog's id map in RAM (``include=()``), else with text and metadata from one query."""
+    if not include:
+        return id_hits(D, I, catalog.id_map().lookup)
+    rows = catalog.rows(np.unique(I[I >= 0]))
+    text, meta = "text" in include, "metadata" in include
+    return [[Hit(r[0], s, r[1] if text else None, metadata_of(r[2]) if meta else None)
+             for s, f in zip(drow, irow) if (r := rows.get(f)) is not None]
+            for drow, irow in zip(D.tolist(), I.tolist())]
 
 
 @contextmanager

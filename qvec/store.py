@@ -33,7 +33,7 @@ from .errors import (
 from .guard import holding, reads, storage_errors, writes
 from .index import TrainedCodes, VectorIndex, exact_search, search_rescored
 from .journal import Journal
-from .records import Hit, Item, Stats, id_hits, metadata_of
+from .records import Hit, Item, Stats, hits, metadata_of, one_query_hits
 from .rwlock import ReadWriteLock
 
 __all__ = ["open", "Store", "Hit", "Item", "Stats", "FORMAT_VERSION"]
@@ -328,7 +328,18 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         if hybrid.check_mode(mode) != "vector":
             return self._search_words(query, k, where=where, include=include, mode=mode, **hybrid.options(params))
         params.pop("text", None)  # a vector query's text is for the keyword half only
+        if type(query) is np.ndarray and where is None and not include and \
+                (found := self._search_one(query, k, params)) is not None:
+            return found
         return self.search_batch(inputs.one_query(query), k, where=where, include=include, **params)[0]
+
+    def _search_one(self, q: np.ndarray, k, params: dict) -> list[Hit] | None:
+        """search() of one vector for ids only, the latency path: search_batch's checks and steps in
+        fewer calls. None where the query needs search_batch's (another dtype or shape, NaN, ...)."""
+        p, k = SearchParams.parse(params) if params else SearchParams(), inputs.check_k(k)
+        with holding(self, "shared"):
+            x = self.settings and inputs.one_vector(q, self.settings.dim, self.settings.metric)
+            return None if x is None else one_query_hits(*self._plan(x, k, None, p), self.catalog.id_map().lookup)
 
     def search_batch(self, queries, k: int = 10, *, where=None, include=inputs.INCLUDE, **params):
         """search() for a list of strings or an (nq, dim) array: one list of Hits per query.
@@ -343,7 +354,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
             if self.settings is None or (allowed is not None and not len(allowed)):
                 return [[] for _ in range(len(xq))]
             D, I = self._plan(inputs.normalised(xq, self.settings.metric), k, allowed, p)
-            return self._hits(D, I, include)
+            return hits(D, I, include, self.catalog)
 
     def _plan(self, xq, k, allowed, p: SearchParams):
         """Exact over a small filter's rows; else the index, re-ranked from originals when kept."""
@@ -356,19 +367,9 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
                 return exact_search(xq, index.reconstruct(allowed), allowed, k, s.metric)
             if index.is_ivf:
                 p = SearchParams(nprobe=index.nlist, oversample=p.oversample)  # every list, only allowed codes scored
-        read = self.journal.originals.read if s.rescore and index.is_trained else None
-        return search_rescored(index, xq, k, read=read, metric=s.metric, oversample=p.oversample or s.oversample,
+        rerank = self.journal.originals.rerank if s.rescore and index.is_trained else None
+        return search_rescored(index, xq, k, rerank=rerank, metric=s.metric, oversample=p.oversample or s.oversample,
                                allowed=allowed, params=p)
-
-    def _hits(self, D, I, include) -> list[list[Hit]]:
-        if not include:  # the fast path: ids only, from the id map in RAM
-            return id_hits(D, I, self.catalog.id_map().lookup)
-        fids = np.unique(I[I >= 0])
-        rows = self.catalog.rows(fids)
-        text, meta = "text" in include, "metadata" in include
-        return [[Hit(r[0], s, r[1] if text else None, metadata_of(r[2]) if meta else None)
-                 for s, f in zip(drow, irow) if (r := rows.get(f)) is not None]
-                for drow, irow in zip(D.tolist(), I.tolist())]
 
     def _embed(self, texts) -> np.ndarray:
         x = self.embedder.embed(list(texts))

@@ -33,7 +33,7 @@ from .errors import InvalidInput, InvalidSpec, NotTrained, QvecError
 from .guard import reads, writes
 from .index import VectorIndex, search_rescored
 from .metrics import exact_knn
-from .originals import row_bytes
+from .originals import rescore, row_bytes
 
 __all__ = ["Candidate", "TuneResult", "report", "tune", "apply", "rollback", "TargetNotMet"]
 
@@ -94,7 +94,8 @@ def exact_top(xq: np.ndarray, fids: np.ndarray, vectors_of, k: int, metric: str)
 def search_codes(settings: Settings, index: VectorIndex, xq: np.ndarray, k: int,
                  read: Callable[[np.ndarray], np.ndarray] | None, oversample: int | None = None):
     """The store's unfiltered search path over ``index`` (re-ranked from ``read`` when the settings rescore)."""
-    return search_rescored(index, xq, k, read=read if settings.rescore else None, metric=settings.metric,
+    rerank = None if read is None or not settings.rescore else lambda q, I, kk, m: rescore(q, I, kk, read, m)
+    return search_rescored(index, xq, k, rerank=rerank, metric=settings.metric,
                            oversample=oversample or settings.oversample, params=SearchParams())
 
 

@@ -58,3 +58,63 @@ def test_hnsw_graphs_are_linked_with_qvecs_ef_construction_and_keep_it(tmp_path,
     with qvec.open(path, read_only=True) as s:
         s.search(x[0], 5)
         assert _unwrap(s.journal.index.index).hnsw.efConstruction == HNSW.ef_construction
+
+
+def _answers(hits):
+    return [(h.id, h.score) for h in hits]
+
+
+@pytest.mark.parametrize("quantization,index,metric,rescore", [
+    ("int8", "flat", "cosine", False), ("fp32", "hnsw16", "l2", False), ("pq4", "ivf8", "ip", True),
+    ("int8", "hnsw16", "cosine", True)])
+def test_a_single_vector_query_answers_exactly_as_its_batch_of_one(tmp_path, quantization, index, metric, rescore):
+    """search() of one float32 vector for ids takes the latency path (qvec.inputs.one_vector,
+    records.one_query_hits): the same hits and scores, to the bit, as search_batch's full path,
+    whatever the input type and however many rows are deleted or asked for."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1200, 16)).astype(np.float32)
+    with qvec.open(tmp_path / "s.qvec", quantization=quantization, index=index, metric=metric, rescore=rescore) as s:
+        s.add(vectors=x, ids=[f"r{i}" for i in range(len(x))])
+        s.train()
+        s.delete([f"r{i}" for i in range(0, 300, 3)])  # tombstones (hnsw) or removed in place
+        params = {"ef_search": 24} if index.startswith("hnsw") else {"nprobe": 4} if index.startswith("ivf") else {}
+        for q in (x[0], x[5] * 3, rng.standard_normal(16).astype(np.float32)):
+            for k in (1, 10, 2000):  # 2000: past the live rows
+                want = _answers(s.search_batch(q[None, :], k, include=(), **params)[0])
+                assert _answers(s.search(q, k, include=(), **params)) == want
+                # inputs the latency path hands back to search_batch: the same answer
+                assert _answers(s.search(q.astype(np.float64), k, include=(), **params)) == want
+                assert _answers(s.search(q.tolist(), k, include=(), **params)) == want
+                assert _answers(s.search(np.repeat(q, 2)[::2], k, include=(), **params)) == want
+            assert [h.id for h in s.search(q, 10, include=("metadata",), **params)] == [i for i, _ in want[:10]]
+
+
+def test_the_latency_path_refuses_what_search_batch_refuses(tmp_path):
+    x = np.random.default_rng(9).standard_normal((50, 8)).astype(np.float32)
+    path = tmp_path / "s.qvec"
+    with qvec.open(path) as s:
+        assert s.search(x[0], 5, include=()) == []  # nothing stored yet
+        s.add(vectors=x, ids=[str(i) for i in range(len(x))])
+        for q, error, match in [(np.full(8, np.nan, np.float32), qvec.InvalidInput, "row 0 contains NaN"),
+                                (np.zeros(8, np.float32), qvec.InvalidInput, "zero vector"),
+                                (np.ones(9, np.float32), qvec.DimensionMismatch, "8-dim vectors, got 9"),
+                                (np.array([np.inf] + [0] * 7, np.float32), qvec.InvalidInput, "NaN or inf")]:
+            with pytest.raises(error, match=match):
+                s.search(q, 5, include=())
+        with pytest.raises(qvec.InvalidInput, match="k must be a positive integer"):
+            s.search(x[0], 0, include=())
+        with pytest.raises(qvec.InvalidInput, match="unknown search parameter"):
+            s.search(x[0], 5, include=(), nprob=3)
+    with pytest.raises(qvec.StoreClosed):
+        s.search(x[0], 5, include=())
+
+
+def test_a_vector_too_large_to_square_in_float32_keeps_its_direction(tmp_path):
+    """1e20 is a float32, its square is not: the norm overflowed to inf, and the vector was
+    divided into zeros, stored and searched as such, without a word."""
+    x = np.random.default_rng(10).standard_normal((40, 8)).astype(np.float32)
+    with qvec.open(tmp_path / "s.qvec", quantization="fp32") as s:
+        s.add(vectors=np.vstack([x, x[3] * 1e20]), ids=[str(i) for i in range(40)] + ["big"])
+        assert np.allclose(s.vectors(["big"])[0], x[3] / np.linalg.norm(x[3]), atol=1e-6)
+        for hits in (s.search(x[3] * 1e21, 2, include=()), s.search_batch((x[3] * 1e21)[None, :], 2)[0]):
+            assert {h.id for h in hits} == {"3", "big"} and hits[0].score == pytest.approx(1, abs=1e-5)

@@ -81,3 +81,66 @@ def test_a_flipped_byte_in_a_lower_precision_row_is_caught(tmp_path, precision):
     assert np.allclose(o.read([4, 6]), X[[4, 6]], atol=0.05)
     with pytest.raises(CorruptStore, match="row 5 fails its checksum"):
         o.read([4, 5])
+
+
+def _reference_top(xq, x, I, k, metric):
+    """Each query's k best candidates by numpy, ties to the candidate listed first."""
+    out = []
+    for q, row in zip(xq, I):
+        cand = [int(f) for f in row if f >= 0]
+        scores = [float(((q - x[f]) ** 2).sum()) if metric == "l2" else float(q @ x[f]) for f in cand]
+        order = sorted(range(len(cand)), key=lambda j: scores[j] if metric == "l2" else -scores[j])[:k]
+        out.append(([cand[j] for j in order], [scores[j] for j in order]))
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_rerank_keeps_each_querys_best_candidates_by_exact_score(originals, tmp_path, precision, metric):
+    """fp32 rows are scored in place in the map, the others gathered and decoded: both give
+    the candidates' exact top k, -1s (even between candidates) and repeats allowed."""
+    o = originals if precision == "fp32" else Originals(tmp_path / "o16", 8, precision=precision)
+    if precision != "fp32":
+        o.write(0, X)
+    stored = X if precision == "fp32" else X.astype(np.float16).astype(np.float32)
+    rng = np.random.default_rng(1)
+    xq = rng.normal(size=(7, 8)).astype(np.float32)
+    I = rng.integers(0, len(X), size=(7, 12))
+    I[1, 9:] = -1  # fewer candidates than k + 3
+    I[2, 4] = -1  # a gap FAISS never leaves, handled all the same
+    I[3] = -1  # none at all
+    I[4, :6] = I[4, 6:]  # each candidate twice
+    for k in (5, 20):
+        D, got = o.rerank(xq, I, k, metric)
+        assert got.shape == D.shape == (7, min(k, 12))
+        for q, (want_ids, want_scores) in enumerate(_reference_top(xq, stored, I, k, metric)):
+            n = len(want_ids)
+            assert sorted(got[q, :n].tolist()) == sorted(want_ids)  # the same set (ties may swap)
+            assert D[q, :n] == pytest.approx(want_scores, rel=1e-5, abs=1e-5)
+            assert (got[q, n:] == -1).all() and np.isinf(D[q, n:]).all()
+    _, got = o.rerank(xq[:1], np.array([[5, -1, 7]]), 2, metric)  # a lone gap
+    assert sorted(got[0].tolist()) == [5, 7]
+
+
+def test_rerank_checks_a_row_the_first_time_it_is_read_and_a_damaged_one_every_time(originals):
+    xq = X[:2] + 0.01
+    originals.rerank(xq, np.array([[1, 2, 3], [4, 5, 6]]), 2, "ip")
+    assert originals._verified[[1, 2, 3, 4, 5, 6]].all() and originals._verified.sum() == 6
+    with open(originals.path, "r+b") as f:
+        f.seek(200 * 32 + 3)
+        byte = f.read(1)
+        f.seek(200 * 32 + 3)
+        f.write(bytes([byte[0] ^ 0x01]))
+    for _ in range(2):  # not marked checked: found again, never scored
+        with pytest.raises(CorruptStore, match="row 200 fails its checksum"):
+            originals.rerank(xq, np.array([[1, 200, 3], [4, 5, 6]]), 2, "ip")
+    originals.write(300, X[:4])  # the file grows: rows checked before stay checked, new ones are checked
+    cand = np.array([[301, 2, 3], [4, 5, 302]])
+    _, I = originals.rerank(xq, cand, 1, "ip")
+    assert I[:, 0].tolist() == [ids[0] for ids, _ in _reference_top(xq, np.vstack([X, X[:4]]), cand, 1, "ip")]
+    assert originals._verified[[301, 302]].all() and not originals._verified[200]
+
+
+def test_reading_past_the_end_in_rerank_is_a_corrupt_store(originals):
+    with pytest.raises(CorruptStore, match="holds 300 vectors but vector 300 was asked for"):
+        originals.rerank(X[:1], np.array([[5, 300]]), 1, "ip")
