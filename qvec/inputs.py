@@ -55,8 +55,31 @@ def check_string(s: str, what: str) -> str:
     return s
 
 
+# Queries are handed to FAISS at an address that is a multiple of this: its AVX2 kernels load
+# 32 bytes at a time, and a query 16 or 48 bytes past a 64-byte line slowed an int8/ivf1024
+# batch by 8-18% and a single IVF query by 5-10% (an HNSW query alike either way).
+ALIGN = 64
+
+
+def aligned_empty(shape: tuple[int, int]) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array starting on an ALIGN-byte boundary."""
+    n = shape[0] * shape[1]
+    buf = np.empty(n + ALIGN // 4, np.float32)
+    skip = (-buf.ctypes.data % ALIGN) // 4
+    return buf[skip : skip + n].reshape(shape)
+
+
+def _aligned(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array on an ALIGN-byte boundary (copied only if it is not)."""
+    if x.dtype == np.float32 and x.flags.c_contiguous and not x.ctypes.data % ALIGN:
+        return x
+    out = aligned_empty(x.shape)
+    out[...] = x
+    return out
+
+
 def normalised(x: np.ndarray, metric: str) -> np.ndarray:
-    """Vectors as the index holds them: unit length for cosine."""
+    """Vectors as the index holds them (unit length for cosine), ALIGN-byte aligned."""
     if metric == "cosine":
         with np.errstate(over="ignore"):  # a norm beyond float32 is handled below
             norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -68,8 +91,10 @@ def normalised(x: np.ndarray, metric: str) -> np.ndarray:
             x = x.copy()
             x[big] /= np.abs(x[big]).max(axis=1, keepdims=True)
             norms[big] = np.linalg.norm(x[big], axis=1, keepdims=True)
-        x = x / norms
-    return np.ascontiguousarray(x, dtype=np.float32)
+        out = aligned_empty(x.shape)
+        np.divide(x, norms, out=out)
+        return out
+    return _aligned(x)
 
 
 def one_vector(q: Any, dim: int, metric: str) -> np.ndarray | None:
@@ -82,9 +107,13 @@ def one_vector(q: Any, dim: int, metric: str) -> np.ndarray | None:
     if not (-1e16 < q.min() and q.max() < 1e16):  # NaN, inf, or a value whose square could overflow (and warn)
         return None
     if metric != "cosine":
-        return q[None, :]
+        return _aligned(q[None, :])
     squares = np.add.reduce(q * q)  # as np.linalg.norm sums a row, so the same unit vector as search_batch's
-    return (q / np.sqrt(squares))[None, :] if squares > 0 else None
+    if not squares > 0:
+        return None
+    out = aligned_empty((1, dim))
+    np.divide(q, np.sqrt(squares), out=out[0])
+    return out
 
 
 def check_batch(texts: Any, vectors: Any, ids: Any, metadata: Any, dim: int | None):

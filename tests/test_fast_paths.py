@@ -118,3 +118,21 @@ def test_a_vector_too_large_to_square_in_float32_keeps_its_direction(tmp_path):
         assert np.allclose(s.vectors(["big"])[0], x[3] / np.linalg.norm(x[3]), atol=1e-6)
         for hits in (s.search(x[3] * 1e21, 2, include=()), s.search_batch((x[3] * 1e21)[None, :], 2)[0]):
             assert {h.id for h in hits} == {"3", "big"} and hits[0].score == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_queries_reach_faiss_on_a_64_byte_boundary(metric):
+    """FAISS's AVX2 loads ran 8-18% slower over an IVF list when the query sat 16 or 48 bytes
+    past a cache line: queries are copied to an aligned buffer, whatever numpy handed over."""
+    from qvec.inputs import ALIGN, normalised, one_vector
+
+    x = np.random.default_rng(11).standard_normal((40, 384)).astype(np.float32)
+    for offset in range(0, ALIGN, 4):  # every float32 alignment an array of the caller's can have
+        buf = np.empty(x.size + ALIGN, np.float32)
+        start = (-buf.ctypes.data % ALIGN + offset) // 4
+        view = buf[start : start + x.size].reshape(x.shape)
+        view[...] = x
+        batch, one = normalised(view, metric), one_vector(view[3], 384, metric)
+        assert batch.ctypes.data % ALIGN == 0 and one.ctypes.data % ALIGN == 0
+        assert batch.flags.c_contiguous and batch.dtype == np.float32
+        assert np.array_equal(one[0], batch[3])
