@@ -151,6 +151,10 @@ def build(store, inputs, quantization, index, metric, model, model_precision, te
                 a, k = _build_texts(s, path, text_field, id_field, metadata_fields, vector_field, batch_size, upsert,
                                     quiet)
             added, skipped = added + a, skipped + k
+        if created and not len(s):
+            names = ", ".join("stdin" if p == "-" else p for p in inputs)
+            raise InputFileError(f"{names}: no records read, so {store} was not created: check the input "
+                                 "(and --text-field)")
         st = s.stats().to_dict()
     except BaseException:
         empty = len(s) == 0

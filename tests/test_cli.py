@@ -315,6 +315,21 @@ def test_export_to_stdout_builds_back_with_its_vectors_and_embeds_nothing(runner
         assert p.get("d29").text == texts[29] and p.get("d29").metadata["n"] == 29
 
 
+def test_a_first_build_from_no_records_creates_no_store(runner, tmp_path, vectors_file):
+    """`printf "" | qvec build new.qvec -` succeeded with an empty store, where any other
+    first build that stores nothing leaves no store behind."""
+    store = tmp_path / "new.qvec"
+    (tmp_path / "empty.jsonl").write_text("")
+    for args, given in [(["-"], ""), ([str(tmp_path / "empty.jsonl")], None)]:
+        r = runner.invoke(main, ["build", str(store), *args, "--quiet"], input=given)
+        assert r.exit_code == 2 and not store.exists(), r.output  # 2: bad input, as click's usage errors
+        assert r.output.count("\n") == 1 and "no records read" in r.output and "was not created" in r.output
+    r = runner.invoke(main, ["build", str(store), str(vectors_file)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["build", str(store), "-", "--quiet"], input="")  # extending: nothing new is fine
+    assert r.exit_code == 0 and r.output.startswith("300 vectors"), r.output
+
+
 def test_jsonl_records_with_and_without_their_own_vectors(runner, tmp_path, corpus, model):
     texts, xb = corpus[0][:3], corpus[1][:3]
     src = tmp_path / "mixed.jsonl"
