@@ -18,12 +18,15 @@ file kept open. Before a scattered read the kernel is told which ranges are comi
 parallel: without it, each row missing from the page cache faulted in the kernel's
 read-around window, one after another (``bench/rescore_cold.py`` measures both). Rows
 are then gathered from the map in one vectorised pass, where ``pread`` took a second
-call per run. A batch whose candidates cover a good part of the file skips the advice:
-the map's read-ahead fetches pages that are wanted anyway.
+call per run; fp32 rows being re-ranked are not gathered at all: FAISS scores each query's
+candidates where they lie in the map (``rerank``). A batch whose candidates cover a good
+part of the file skips the advice: the map's read-ahead fetches pages that are wanted anyway.
 
 Every row has a 32-bit checksum in a sidecar file (``originals.f32.sum``), written with
-it and checked on every read, so that a damaged row is a ``CorruptStore``, not a wrong
-rescored hit. The checksum is the sum of the row's 32-bit words, each times an odd weight,
+it and checked when it is read, so that a damaged row is a ``CorruptStore``, not a wrong
+rescored hit: on every ``read``, and by ``rerank`` the first time this map reads the row
+(it scores fp32 rows in place, and summing 40 candidates again per query cost more than
+scoring them). The checksum is the sum of the row's 32-bit words, each times an odd weight,
 modulo 2**32: any change confined to one word always changes it (an odd weight times a
 nonzero difference below 2**32 is never a multiple of 2**32), and it costs two vectorised
 passes over what was read (``bench/originals_checksum.py``). Rows written before the
