@@ -92,7 +92,7 @@ class Catalog:
             # Takes effect only on a new database, and only before the journal mode is set.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, UnicodeDecodeError) as e:  # a damaged schema can decode as neither
             conn.close()
             raise CorruptStore(f"{path} is not a readable qvec database ({e})") from None
         conn.execute("PRAGMA synchronous = FULL")  # a commit survives power loss too

@@ -13,9 +13,32 @@ from contextlib import contextmanager
 
 from .errors import CorruptStore, QvecError, StorageError, StorageFull, StoreClosed
 
-__all__ = ["holding", "storage_errors", "reads", "writes", "FULL_DISK"]
+__all__ = ["holding", "storage_errors", "translated", "reads", "writes", "FULL_DISK"]
 
 FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # what a full disk (or file-size limit) raises
+
+
+def translated(e: BaseException, path) -> QvecError | None:
+    """The QvecError a failure of the disk or of SQLite under ``path`` is, or None for any other."""
+    if isinstance(e, sqlite3.DatabaseError):
+        msg = str(e)
+        if "full" in msg:  # "database or disk is full": SQLite's word for ENOSPC and EFBIG
+            return StorageFull(f"{path}: no space left to write ({msg}): free space and retry; "
+                               "the call stored nothing")
+        if ("malformed" in msg or "not a database" in msg or "decode to UTF-8" in msg
+                or not isinstance(e, sqlite3.OperationalError)):
+            return CorruptStore(f"{path}: qvec.sqlite is damaged ({msg}): restore the store from a backup")
+        return StorageError(f"{path}: SQLite failed: {msg}")
+    if isinstance(e, UnicodeDecodeError):  # SQLite handed back text that is not UTF-8: damaged bytes
+        return CorruptStore(f"{path}: qvec.sqlite holds text that is not valid UTF-8 ({e.reason}): it is damaged; "
+                            "restore the store from a backup")
+    if isinstance(e, OSError) and not isinstance(e, QvecError):
+        where = e.filename or path
+        if e.errno in FULL_DISK:
+            return StorageFull(f"{where}: {os.strerror(e.errno)}: free space (or raise the file-size limit) and "
+                               "retry; the call stored nothing")
+        return StorageError(f"{where}: {e.strerror or e}")
+    return None
 
 
 @contextmanager
@@ -23,32 +46,37 @@ def storage_errors(path):
     """Turn a failure of the disk or of SQLite under ``path`` into one QvecError."""
     try:
         yield
-    except QvecError:
-        raise
-    except sqlite3.DatabaseError as e:
-        msg = str(e)
-        if "full" in msg:  # "database or disk is full": SQLite's word for ENOSPC and EFBIG
-            raise StorageFull(f"{path}: no space left to write ({msg}): free space and retry; "
-                              "the call stored nothing") from None
-        if "malformed" in msg or "not a database" in msg or not isinstance(e, sqlite3.OperationalError):
-            raise CorruptStore(f"{path}: qvec.sqlite is damaged ({msg}): restore the store from a backup") from None
-        raise StorageError(f"{path}: SQLite failed: {msg}") from None
-    except OSError as e:
-        where = e.filename or path
-        if e.errno in FULL_DISK:
-            raise StorageFull(f"{where}: {os.strerror(e.errno)}: free space (or raise the file-size limit) and "
-                              "retry; the call stored nothing") from None
-        raise StorageError(f"{where}: {e.strerror or e}") from None
+    except (sqlite3.DatabaseError, OSError, UnicodeDecodeError) as e:
+        error = translated(e, path)
+        if error is None:
+            raise
+        raise error from None
 
 
-@contextmanager
-def holding(store, mode: str):
-    """``store._rw`` held in ``mode`` ("shared" or "exclusive"), the store open, errors translated."""
-    with getattr(store._rw, mode)():
-        if store._closed:
-            raise StoreClosed(f"{store.path} is closed: open it again with qvec.open()")
-        with storage_errors(store.path):
-            yield
+class holding:
+    """``store._rw`` held in ``mode`` ("shared" or "exclusive"), the store open, errors
+    translated. A class rather than a generator: a single query takes it once, and the three
+    generator context managers it was (lock, check, translation) took 8 us of a 0.4 ms HNSW
+    query with the caches the graph walk had left cold."""
+
+    __slots__ = ("_store", "_lock")
+
+    def __init__(self, store, mode: str):
+        self._store, self._lock = store, getattr(store._rw, mode)()
+
+    def __enter__(self) -> None:
+        self._lock.__enter__()
+        if self._store._closed:
+            self._lock.__exit__(None, None, None)
+            raise StoreClosed(f"{self._store.path} is closed: open it again with qvec.open()")
+
+    def __exit__(self, kind, e, tb) -> bool:
+        self._lock.__exit__(kind, e, tb)
+        if e is not None and not isinstance(e, QvecError):
+            error = translated(e, self._store.path)
+            if error is not None:
+                raise error from None
+        return False
 
 
 def _holding(mode: str):

@@ -20,22 +20,9 @@ class ReadWriteLock:
         self._waiting = 0
         self._mine = threading.local()
 
-    @contextmanager
-    def shared(self):
-        me = threading.get_ident()
-        held = getattr(self._mine, "reads", 0)
-        with self._cond:
-            if self._writer != me and not held:
-                self._cond.wait_for(lambda: self._writer is None and not self._waiting)
-            self._readers += 1
-        self._mine.reads = held + 1
-        try:
-            yield
-        finally:
-            self._mine.reads = held
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+    def shared(self) -> _Shared:
+        """A context manager holding the lock shared (a class: the latency path takes it per query)."""
+        return _Shared(self)
 
     @contextmanager
     def exclusive(self):
@@ -55,3 +42,26 @@ class ReadWriteLock:
                 if not self._depth:
                     self._writer = None
                 self._cond.notify_all()
+
+
+class _Shared:
+    __slots__ = ("_rw", "_held")
+
+    def __init__(self, rw: ReadWriteLock):
+        self._rw = rw
+
+    def __enter__(self) -> None:
+        rw = self._rw
+        held = self._held = getattr(rw._mine, "reads", 0)
+        with rw._cond:
+            if rw._writer != threading.get_ident() and not held:
+                rw._cond.wait_for(lambda: rw._writer is None and not rw._waiting)
+            rw._readers += 1
+        rw._mine.reads = held + 1
+
+    def __exit__(self, *exc) -> None:
+        rw = self._rw
+        rw._mine.reads = self._held
+        with rw._cond:
+            rw._readers -= 1
+            rw._cond.notify_all()

@@ -336,7 +336,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
     def _search_one(self, q: np.ndarray, k, params: dict) -> list[Hit] | None:
         """search() of one vector for ids only, the latency path: search_batch's checks and steps in
         fewer calls. None where the query needs search_batch's (another dtype or shape, NaN, ...)."""
-        p, k = SearchParams.parse(params) if params else SearchParams(), inputs.check_k(k)
+        p, k = SearchParams.parse(params), inputs.check_k(k)
         with holding(self, "shared"):
             x = self.settings and inputs.one_vector(q, self.settings.dim, self.settings.metric)
             return None if x is None else one_query_hits(*self._plan(x, k, None, p), self.catalog.id_map().lookup)

@@ -198,6 +198,25 @@ def test_random_byte_damage_is_a_qvec_error_or_harmless(tmp_path_factory, flips,
     shutil.rmtree(base, ignore_errors=True)
 
 
+def test_text_that_is_not_utf8_in_the_database_is_a_corrupt_store(tmp_path):
+    """A damaged byte inside a stored text reached the caller as a bare UnicodeDecodeError
+    (hypothesis found one flip in qvec.sqlite's schema that did the same at open)."""
+    path = tmp_path / "s.qvec"
+    x = np.random.default_rng(3).standard_normal((20, 8)).astype(np.float32)
+    with qvec.open(path, quantization="fp32") as s:
+        s.add(["some text"] * 20, vectors=x, ids=[f"r{i}" for i in range(20)])
+    conn = sqlite3.connect(path / "qvec.sqlite")
+    conn.execute("UPDATE items SET text = CAST(X'66ff6f' AS TEXT) WHERE id = 'r1'")
+    conn.commit()
+    conn.close()
+    with qvec.open(path) as s:
+        with pytest.raises(qvec.CorruptStore, match="damaged .*decode to UTF-8.*restore the store from a backup"):
+            s.get("r1")
+        with pytest.raises(qvec.CorruptStore, match="decode to UTF-8"):
+            s.search(x[1], 3, include=("text",))
+        assert s.get("r2").text == "some text" and s.search(x[1], 1, include=())[0].id == "r1"
+
+
 _keys = st.text(max_size=4) | st.integers(0, 3)
 _json = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
