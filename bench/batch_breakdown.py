@@ -24,7 +24,7 @@ import numpy as np
 
 import qvec
 from qvec import inputs
-from qvec.bench import best_of, best_of_pair, machine, one_faiss_thread
+from qvec.bench import best_of, best_of_pair, machine, machine_line, one_faiss_thread, write_report
 from qvec.config import SearchParams
 from qvec.records import hits
 
@@ -99,10 +99,9 @@ def main() -> None:
             if name == "int8/ivf1024":
                 out["alignment"] = alignment(store, xq)
             store.close()
-    (RESULTS / "batch_breakdown.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
     lines = ["# Where a batch's time goes, and what the queries' alignment costs FAISS", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {out['date']}. "
+             machine_line(m, out["date"]) +
              "`python bench/batch_breakdown.py`: 100,000 GCIDE definitions, 1,000 held-out queries, k=10. "
              "Times are the best of 7; the store's batch and FAISS's search of the same index taken in turn; "
              "the pieces timed alone (the store's batch runs them with caches FAISS has just filled).", "",
@@ -114,8 +113,7 @@ def main() -> None:
     lines += ["", "FAISS's own search of int8/ivf1024 (no store), the same queries copied to each offset past a "
               "64-byte line:", "", "| offset bytes | batch of 1,000 ms | single query p50 ms |", "|---|---|---|"]
     lines += [f"| {r['offset_bytes']} | {r['batch_ms']} | {r['single_p50_ms']} |" for r in out["alignment"]]
-    (RESULTS / "batch_breakdown.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "batch_breakdown", out, lines)
 
 
 if __name__ == "__main__":

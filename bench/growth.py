@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qvec.bench import Config, Dataset, machine, run_config
+from qvec.bench import Config, Dataset, machine, machine_line, run_config, write_report
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "gcide"
@@ -75,11 +75,10 @@ def main() -> None:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "queries": len(xq), "noise_sigma": NOISE,
            "records": records}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "growth.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
     lines = [
         "# Growth: 10K → 100K → 1M vectors (384-d MiniLM embeddings of GCIDE definitions)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {out['date']}. "
+        machine_line(m, out["date"]) +
         f"{len(xq):,} held-out queries; recall@10 against exact FP32 search at each size. "
         "1M = the 100K real embeddings + 9 noisy copies of each (σ=0.02, renormalised): synthetic, labelled.", "",
         "| vectors | data | config | build s | RAM B/vec | index RAM MB | disk MB | recall@10 | batch q/s "
@@ -90,8 +89,7 @@ def main() -> None:
         lines.append(f"| {r['count']:,} | {r['data']} | `{r['config']}` | {r['build_s']} | {r['bytes_per_vector']} "
                      f"| {r['ram_index_bytes'] / 1e6:.1f} | {r['disk_bytes'] / 1e6:.1f} | {r['recall_at_10']} "
                      f"| {r['qps']:,.0f} | {r['p50_ms']} |")
-    (RESULTS / "growth.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "growth", out, lines)
 
 
 # -- built streaming: never all FP32 vectors in RAM ------------------------------------------------
@@ -205,11 +203,10 @@ def streaming(sizes: list[int]) -> None:
 def write_streaming(records: list[dict], n_queries: int) -> None:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "queries": n_queries, "noise_sigma": NOISE,
            "chunk": STREAM_CHUNK, "records": records}
-    (RESULTS / "growth_streaming.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
     lines = [
         "# Growth built streaming: 1M and 10M vectors in a PQ-class store", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {out['date']}. "
+        machine_line(m, out["date"]) +
         f"`python bench/growth.py --streaming`. Vectors: the 100K real GCIDE embeddings and noisy copies of them "
         f"(σ={NOISE}, renormalised), made {STREAM_CHUNK:,} at a time and added as they are made (never all in RAM). "
         f"{n_queries:,} held-out GCIDE definitions as queries; recall@10 against exact FP32 search over all n vectors "
@@ -225,8 +222,7 @@ def write_streaming(records: list[dict], n_queries: int) -> None:
             lines.append(f"| {r['count']:,} | `{r['config']}` | {r['build_s']} ({r['train_s']}) | "
                          f"{r['bytes_per_vector']} | {r['rss_anon_mb']} | {r['disk']['total'] / 1e6:,.0f} | {p} | "
                          f"{s['recall_at_10']} | {s['qps']:,.0f} | {s['p50_ms']} | {s['p99_ms']} |")
-    (RESULTS / "growth_streaming.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "growth_streaming", out, lines)
 
 
 if __name__ == "__main__":

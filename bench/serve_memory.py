@@ -61,7 +61,7 @@ def serve(path: str, out: str) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--serve"]:
         return serve(*sys.argv[2:])
-    from qvec.bench import machine
+    from qvec.bench import machine, machine_line, write_report
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     with tempfile.TemporaryDirectory(dir=HERE / "data") as tmp:
@@ -71,9 +71,8 @@ def main() -> None:
         r = json.loads(out.read_text())
     m = machine()
     rec = {"machine": m, "date": time.strftime("%Y-%m-%d"), "config": STREAM_SPEC} | r
-    (RESULTS / "serve_memory.json").write_text(json.dumps(rec, indent=1) + "\n")
     lines = ["# A serving process's RAM, stage by stage", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {rec['date']}. "
+             machine_line(m, rec["date"]) +
              f"`python bench/serve_memory.py {n}`: {r['count']:,} vectors (100K real GCIDE + noisy copies) in "
              f"`{'/'.join(f'{k}={v}' for k, v in STREAM_SPEC.items())}`, opened read-only by a fresh process. "
              f"Index {r['index_bytes'] / 1e6:,.1f} MB, id map {r['id_map_bytes'] / 1e6:,.1f} MB.", "",
@@ -82,8 +81,7 @@ def main() -> None:
     for name, mb in r["stages"]:
         lines.append(f"| {name} | {mb:,.1f} | {'' if prev is None else f'{mb - prev:+,.1f}'} |")
         prev = mb
-    (RESULTS / "serve_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "serve_memory", rec, lines)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 import qvec
-from qvec.bench import machine, one_faiss_thread
+from qvec.bench import machine, machine_line, one_faiss_thread, write_report
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "gcide"
@@ -56,18 +56,16 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
         store.close()
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "queries": 300, "rows": rows}
-    (RESULTS / "single_overhead.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
     lines = ["# A single query through the store against the FAISS call it makes", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {out['date']}. "
+             machine_line(m, out["date"]) +
              "`python bench/single_overhead.py`: int8/hnsw32 over 100,000 GCIDE definitions, 300 held-out queries, "
              "k=10, `include=()`, FAISS on one thread, the two calls in turn per query, each first for half "
              "of them.", "",
              "| ef_search | FAISS p50 ms | store p50 ms | store − FAISS ms | store / FAISS |", "|---|---|---|---|---|"]
     lines += [f"| {r['ef_search']} | {r['faiss_p50_ms']} | {r['store_p50_ms']} | {r['overhead_ms']} | "
               f"{r['store_over_faiss']} |" for r in rows]
-    (RESULTS / "single_overhead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "single_overhead", out, lines)
 
 
 if __name__ == "__main__":

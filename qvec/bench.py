@@ -43,7 +43,8 @@ from .inputs import normalised
 from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
 
 __all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
-           "machine", "best_of", "best_of_pair", "result_rows", "raw_faiss", "raw_faiss_seconds", "single_query_ms"]
+           "machine", "machine_line", "write_report", "best_of", "best_of_pair", "result_rows", "raw_faiss",
+           "raw_faiss_seconds", "single_query_ms"]
 
 K_VALUES = (1, 10, 100)
 
@@ -211,6 +212,18 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram, "os": platform.platform(),
             "python": platform.python_version(), "faiss": FAISS_VERSION, "numpy": np.__version__,
             "qvec": __version__}
+
+
+def machine_line(m: dict, date: str) -> str:
+    """How a result file names the machine (``machine()``) and the day it ran on."""
+    return f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB; faiss {m['faiss']}. Run {date}. "
+
+
+def write_report(stem: Path, record: dict, lines: list[str]) -> None:
+    """A benchmark script's results: the record as ``stem``.json, the lines as ``stem``.md, and printed."""
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def best_of(fn: Callable, repeat: int = 3):
