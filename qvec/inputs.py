@@ -81,16 +81,20 @@ def _aligned(x: np.ndarray) -> np.ndarray:
 def normalised(x: np.ndarray, metric: str) -> np.ndarray:
     """Vectors as the index holds them (unit length for cosine), ALIGN-byte aligned."""
     if metric == "cosine":
-        with np.errstate(over="ignore"):  # a norm beyond float32 is handled below
+        with np.errstate(over="ignore", under="ignore"):  # squares beyond float32 either way: handled below
             norms = np.linalg.norm(x, axis=1, keepdims=True)
+        # Finite values whose squares overflow (1e20) or all underflow (1e-30) gave a norm of inf,
+        # hence a zero vector, or of 0, hence "a zero vector" refused: such rows are scaled to a
+        # largest magnitude of 1 first, and only a row of zeros is left with a norm of 0.
+        odd = ~((norms[:, 0] > 0) & (norms[:, 0] < np.inf))
+        if odd.any():
+            x = np.array(x, dtype=np.result_type(x.dtype, np.float32))
+            peak = np.abs(x[odd]).max(axis=1, keepdims=True)
+            x[odd] /= np.where(peak > 0, peak, 1)
+            norms[odd] = np.linalg.norm(x[odd], axis=1, keepdims=True)
         if (norms == 0).any():
             raise InvalidInput(f"row {int(np.flatnonzero(norms == 0)[0])} is a zero vector: "
                                "it has no cosine similarity")
-        if not np.isfinite(norms).all():  # finite values whose squares overflow (1e20): scaled down first,
-            big = ~np.isfinite(norms[:, 0])  # where dividing by an infinite norm would give a zero vector
-            x = x.copy()
-            x[big] /= np.abs(x[big]).max(axis=1, keepdims=True)
-            norms[big] = np.linalg.norm(x[big], axis=1, keepdims=True)
         out = aligned_empty(x.shape)
         np.divide(x, norms, out=out)
         return out

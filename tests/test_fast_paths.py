@@ -109,15 +109,20 @@ def test_the_latency_path_refuses_what_search_batch_refuses(tmp_path):
         s.search(x[0], 5, include=())
 
 
-def test_a_vector_too_large_to_square_in_float32_keeps_its_direction(tmp_path):
+def test_a_vector_too_large_or_small_to_square_in_float32_keeps_its_direction(tmp_path):
     """1e20 is a float32, its square is not: the norm overflowed to inf, and the vector was
-    divided into zeros, stored and searched as such, without a word."""
+    divided into zeros, stored and searched as such, without a word. 1e-30's square
+    underflows to 0: the vector was refused as "a zero vector"."""
     x = np.random.default_rng(10).standard_normal((40, 8)).astype(np.float32)
     with qvec.open(tmp_path / "s.qvec", quantization="fp32") as s:
-        s.add(vectors=np.vstack([x, x[3] * 1e20]), ids=[str(i) for i in range(40)] + ["big"])
+        s.add(vectors=np.vstack([x, x[3] * 1e20, x[4] * 1e-30]), ids=[str(i) for i in range(40)] + ["big", "tiny"])
         assert np.allclose(s.vectors(["big"])[0], x[3] / np.linalg.norm(x[3]), atol=1e-6)
-        for hits in (s.search(x[3] * 1e21, 2, include=()), s.search_batch((x[3] * 1e21)[None, :], 2)[0]):
-            assert {h.id for h in hits} == {"3", "big"} and hits[0].score == pytest.approx(1, abs=1e-5)
+        assert np.allclose(s.vectors(["tiny"])[0], x[4] / np.linalg.norm(x[4]), atol=1e-6)
+        for q, want in ((x[3] * 1e21, {"3", "big"}), (x[4] * 1e-31, {"4", "tiny"})):
+            for hits in (s.search(q, 2, include=()), s.search_batch(q[None, :], 2)[0]):
+                assert {h.id for h in hits} == want and hits[0].score == pytest.approx(1, abs=1e-5)
+        with pytest.raises(qvec.InvalidInput, match="row 0 is a zero vector"):
+            s.search(np.zeros(8, np.float32), 2, include=())
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
