@@ -22,6 +22,13 @@ call per run; fp32 rows being re-ranked are not gathered at all: FAISS scores ea
 candidates where they lie in the map (``rerank``). A batch whose candidates cover a good
 part of the file skips the advice: the map's read-ahead fetches pages that are wanted anyway.
 
+The advice only helps while rows are missing from the page cache, and a warm single query
+spent half of its re-rank (40 of 80 us) on its 20-40 calls. So it is given while reads wait
+for the disk: a new map starts advised, every read of the map is timed, and the advice stops
+after ``ADVISE_HOLD`` reads in a row that took less than ``SLOW_READ_S`` (plus ``ROW_READ_S``
+a row); one slow read starts it again. A read unadvised by mistake costs at most that bound
+more than it would have: anything slower switches the advice back on.
+
 Every row has a 32-bit checksum in a sidecar file (``originals.f32.sum``), written with
 it and checked when it is read, so that a damaged row is a ``CorruptStore``, not a wrong
 rescored hit: on every ``read``, and by ``rerank`` the first time this map reads the row
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,11 @@ from .idmap import trim_heap
 from .index import top_k
 
 DENSE = 8  # a read of at least one row in DENSE of the file is not announced row by row
+ADVISE_HOLD = 32  # reads advised after the last one that waited for the disk
+# A read of the map slower than SLOW_READ_S + ROW_READ_S per row waited for the disk: a warm
+# 40-row re-rank takes ~10 us, a row from this project's virtual disk ~3 ms, from an SSD ~0.1 ms.
+SLOW_READ_S = 50e-6
+ROW_READ_S = 2e-6
 
 __all__ = ["Originals", "PRECISIONS", "rescore"]
 
@@ -156,6 +169,7 @@ class Originals:
         self._mapped: tuple[int, int] | None = None  # (device, inode) of the file mapped
         self._verified: np.ndarray | None = None  # per row of the map: its checksum checked (rerank)
         self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
+        self._advise_left = ADVISE_HOLD  # reads still to advise (module docstring); a new map starts cold
 
     def pin(self) -> None:
         """Hold both files open, so that this object reads them even after a writer's id
@@ -190,8 +204,11 @@ class Originals:
         if not len(rows):
             return np.zeros((0, self.dim), np.float32)
         view = self._view(int(rows[0]), int(rows[-1]))
-        self._advise(rows, len(view))
+        if self._advising(len(rows), len(view)):
+            self._advise(rows)
+        t = time.perf_counter()
         out = view[rows]  # a quarter faster than np.take(..., out=) here
+        self._timed(time.perf_counter() - t, len(rows))
         if self.verify:
             self._check(rows, out)
         if self.precision != "fp32":
@@ -214,15 +231,18 @@ class Originals:
         if not len(asked):
             return rescore(xq, I, k, self.read, metric)
         view = self._view(int(asked.min()), int(asked.max()))
-        if len(asked) * DENSE < len(view):  # scattered: announced, as read() does (a cold disk fetches them at once)
-            self._advise(np.unique(asked), len(view))
+        if self._advising(len(asked), len(view)):  # as read() does: a cold disk fetches them at once
+            self._advise(np.unique(asked))
+        t = time.perf_counter()  # the first touch of each row, for the advice: the check, else the scoring
         if self.verify:
             unchecked = asked[~self._verified[asked]]
             if len(unchecked):
                 rows = np.unique(unchecked)
                 self._check(rows, view[rows])
                 self._verified[rows] = True
-        return top_k(xq, view, I, k, metric)
+        out = top_k(xq, view, I, k, metric)
+        self._timed(time.perf_counter() - t, len(asked))
+        return out
 
     def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
         """CorruptStore unless each row read matches its recorded checksum (0: none recorded)."""
@@ -259,36 +279,56 @@ class Originals:
         kept open (made again when the file grew, or was replaced by a compaction); a
         CorruptStore unless rows lo..hi are in the file."""
         pinned = self._fds is not None
-        fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY) if self.path.exists() else -1
-        try:
-            st = os.fstat(fd) if fd >= 0 else None
-            stored = st.st_size // self.row_bytes if st else 0
-            if hi >= stored or lo < 0:
-                raise CorruptStore(
-                    f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
-                    "the originals file is truncated; rebuild the store"
-                )
-            view, file = self._row_map, (st.st_dev, st.st_ino)
-            if view is None or len(view) < stored or file != self._mapped:
-                dtype = np.float32 if self.precision == "fp32" else np.uint8
-                self._mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
-                view = self._row_map = np.frombuffer(self._mm, dtype).reshape(stored, -1)
-                verified = np.zeros(stored, bool)  # a grown file's rows checked already stay checked
-                if file == self._mapped and self._verified is not None:
-                    verified[: len(self._verified)] = self._verified
-                self._verified, self._mapped = verified, file
+        try:  # the size checked on every read: a map read past a truncated file's end is a SIGBUS
+            st = os.fstat(self._fds[0]) if pinned else os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        stored = st.st_size // self.row_bytes if st else 0
+        if hi >= stored or lo < 0:
+            raise CorruptStore(
+                f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
+                "the originals file is truncated; rebuild the store"
+            )
+        view, file = self._row_map, (st.st_dev, st.st_ino)
+        if view is not None and len(view) >= stored and file == self._mapped:
             return view
+        fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)  # the file opened, which a writer may have replaced since the stat
+            stored, file = st.st_size // self.row_bytes, (st.st_dev, st.st_ino)
+            if hi >= stored:
+                raise CorruptStore(f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
+                                   "the originals file is truncated; rebuild the store")
+            dtype = np.float32 if self.precision == "fp32" else np.uint8
+            self._mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
+            view = self._row_map = np.frombuffer(self._mm, dtype).reshape(stored, -1)
         finally:
-            if fd >= 0 and not pinned:
+            if not pinned:
                 os.close(fd)  # the map keeps the file
+        verified = np.zeros(stored, bool)  # a grown file's rows checked already stay checked
+        if file == self._mapped and self._verified is not None:
+            verified[: len(self._verified)] = self._verified
+        self._verified, self._mapped = verified, file
+        self._advise_left = ADVISE_HOLD  # a new map's pages start cold
+        return view
 
-    def _advise(self, rows: np.ndarray, stored: int) -> None:
+    def _advising(self, rows: int, stored: int) -> bool:
+        """Whether a read of ``rows`` of the ``stored`` is announced: while reads wait for the disk
+        (module docstring), and only where scattered: a read of one row in DENSE or more is not, the
+        map's read-ahead fetches pages that are wanted anyway."""
+        return self._advise_left > 0 and rows * DENSE < stored and hasattr(mmap, "MADV_WILLNEED")
+
+    def _timed(self, seconds: float, rows: int) -> None:
+        """Learn from a read of ``rows`` that took ``seconds`` whether reads wait for the disk."""
+        if seconds > SLOW_READ_S + ROW_READ_S * rows:
+            self._advise_left = ADVISE_HOLD
+        elif self._advise_left:
+            self._advise_left -= 1
+
+    def _advise(self, rows: np.ndarray) -> None:
         """Announce scattered rows (sorted, unique) to the kernel, one ``MADV_WILLNEED`` per run
         of consecutive rows, so that those missing from the page cache are fetched in parallel
-        (pages already cached cost a call each). A read of one row in DENSE or more is not
-        announced: the map's read-ahead fetches pages that are wanted anyway."""
-        if len(rows) * DENSE >= stored or not hasattr(mmap, "MADV_WILLNEED"):
-            return
+        (pages already cached cost a call each)."""
         rb, page = self.row_bytes, mmap.PAGESIZE
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
         ends = np.append(starts[1:], len(rows))

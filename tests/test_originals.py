@@ -144,3 +144,31 @@ def test_rerank_checks_a_row_the_first_time_it_is_read_and_a_damaged_one_every_t
 def test_reading_past_the_end_in_rerank_is_a_corrupt_store(originals):
     with pytest.raises(CorruptStore, match="holds 300 vectors but vector 300 was asked for"):
         originals.rerank(X[:1], np.array([[5, 300]]), 1, "ip")
+
+
+def test_a_file_truncated_under_an_open_map_is_a_corrupt_store_not_a_sigbus(originals):
+    assert np.array_equal(originals.read([5, 299]), X[[5, 299]])  # the map now covers 300 rows
+    os.truncate(originals.path, 100 * originals.row_bytes)
+    with pytest.raises(CorruptStore, match="holds 100 vectors but vector 299 was asked for"):
+        originals.read([5, 299])
+    with pytest.raises(CorruptStore, match="holds 100 vectors but vector 250 was asked for"):
+        originals.rerank(X[:1], np.array([[3, 250]]), 1, "cosine")
+    assert np.array_equal(originals.read([5, 99]), X[[5, 99]])
+
+
+def test_reads_are_advised_while_they_wait_for_the_disk(originals):
+    """The MADV_WILLNEED calls are made for a new map, stop after ADVISE_HOLD reads that waited
+    for nothing, and start again after one slow read (as a page fault that went to disk is)."""
+    rows = np.array([3, 70, 140, 290])  # scattered: fewer than one row in DENSE of the 300
+    q = X[:1] / np.linalg.norm(X[:1])
+    assert np.array_equal(originals.read(rows), X[rows])
+    assert originals._advising(len(rows), len(X))
+    reads = 0  # a warm file: each read takes microseconds (the first calls, or a busy machine, may take longer)
+    while originals._advising(len(rows), len(X)) and reads < 20 * originals_module.ADVISE_HOLD:
+        D, I = originals.rerank(q, rows[None, :], 2, "cosine")
+        reads += 1
+    assert originals_module.ADVISE_HOLD - 1 <= reads < 20 * originals_module.ADVISE_HOLD  # read() was the first
+    assert np.array_equal(I[0], rows[np.argsort(-(X[rows] @ q[0]))[:2]])
+    originals._timed(1.0, len(rows))  # a read that took a second waited for the disk
+    assert originals._advising(len(rows), len(X))
+    assert not originals._advising(-(-len(X) // DENSE), len(X))  # a dense read never is: read-ahead serves it

@@ -1,0 +1,111 @@
+"""What the read-ahead advice costs a re-ranked single query, and what stopping it on a warm
+file costs when the file turns cold again.
+
+An int8/hnsw32 store of the 100K GCIDE definitions with FP32 originals, searched one query
+at a time (``rescore=2``, ef 64, k=10: the README's fast 0.99-recall configuration), FAISS
+on one thread:
+- warm, the advice given on every read (``ADVISE_HOLD`` set beyond reach: qvec before this
+  change) against the advice as qvec now gives it (stopped after 32 reads that waited for
+  nothing), the two in turn, query by query;
+- cold after warm: with the advice stopped, the originals are dropped from the page cache
+  (rows that the map has touched stay, as the kernel keeps them for a live map) and other
+  queries run, whose candidates are mostly read from the disk. The first such read goes
+  unadvised, row by row; it switches the advice on for the reads after it.
+
+    python bench/prepare.py gcide && python bench/rescore_advice.py   # ~2 min; bench/results/rescore_advice.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qvec
+import qvec.originals as originals_module
+from qvec.bench import machine, machine_line, one_faiss_thread, write_report
+
+HERE = Path(__file__).parent
+DATA = HERE / "data" / "gcide"
+RESULTS = HERE / "results"
+PARAMS = {"ef_search": 64, "oversample": 2}
+
+
+def summary(lat: list[float]) -> dict:
+    ms = np.array(lat) * 1e3
+    return {"queries": len(ms), "p50_ms": round(float(np.median(ms)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4), "max_ms": round(float(ms.max()), 3)}
+
+
+def main() -> None:
+    xb, xq = np.load(DATA / "xb.npy"), np.load(DATA / "xq.npy")
+    qn = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "params": PARAMS, "rows": []}
+    with tempfile.TemporaryDirectory(dir=HERE / "data") as tmp:  # on the data's disk, not a tmpfs
+        store = qvec.open(Path(tmp) / "h.qvec", quantization="int8", index="hnsw32", rescore=True)
+        store.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
+        store.checkpoint()
+        originals = store.journal.originals
+        search = lambda q: store.search(q, 10, include=(), **PARAMS)  # noqa: E731
+        hold = originals_module.ADVISE_HOLD
+        with one_faiss_thread():
+            for q in qn[:50]:  # the graph, the id map and the originals' map warmed
+                search(q)
+            always, adaptive = [], []
+            for n, q in enumerate(qn[:400]):
+                # each goes first for half of the queries: the second finds the graph in cache
+                for times, forced in ((always, True), (adaptive, False))[:: 1 if n % 2 else -1]:
+                    saved = originals._advise_left  # the adaptive policy's state, kept from the forced calls
+                    if forced:
+                        originals._advise_left = 10**9
+                    t = time.perf_counter()
+                    search(q)
+                    times.append(time.perf_counter() - t)
+                    if forced:
+                        originals._advise_left = saved
+            advised_when_warm = originals._advise_left > 0
+            out["rows"] += [{"case": "warm, advice on every read (before)"} | summary(always),
+                            {"case": "warm, advice stopped (now)"} | summary(adaptive)]
+            fd = os.open(originals.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            cold, first_advised = [], None
+            for q in qn[400:600]:
+                t = time.perf_counter()
+                search(q)
+                cold.append(time.perf_counter() - t)
+                if first_advised is None and originals._advise_left == hold:
+                    first_advised = len(cold)
+            out["rows"].append({"case": "cold after warm (now)"} | summary(cold))
+            out["first_cold_query_ms"] = round(cold[0] * 1e3, 3)
+            out["advice_on_after_queries"] = first_advised
+            out["advised_when_warm"] = advised_when_warm
+            out["warm_p50_saved_ms"] = round(statistics.median(always) * 1e3 - statistics.median(adaptive) * 1e3, 4)
+        store.close()
+    for r in out["rows"]:
+        print(json.dumps(r), flush=True)
+    m = out["machine"]
+    lines = ["# Read-ahead advice for re-ranked single queries, given only while reads wait for the disk", "",
+             machine_line(m, out["date"]) +
+             "`python bench/rescore_advice.py`: int8/hnsw32 over 100,000 GCIDE definitions with FP32 originals, "
+             "`rescore=2`, ef 64, k=10, `include=()`, one query at a time on one FAISS thread. Warm: 400 held-out "
+             "queries, the two policies in turn per query. Cold after warm: the originals dropped from the page "
+             "cache (the rows the live map had touched stay cached), then 200 other queries.", "",
+             "| case | queries | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['queries']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |" for r in out["rows"]]
+    lines += ["", f"Warm, the advice was stopped: {not out['advised_when_warm']}; it saved "
+              f"{out['warm_p50_saved_ms']} ms of the p50. Cold after warm: the first query took "
+              f"{out['first_cold_query_ms']} ms unadvised, and the advice was on again after "
+              f"{out['advice_on_after_queries']} quer{'y' if out['advice_on_after_queries'] == 1 else 'ies'}."]
+    write_report(RESULTS / "rescore_advice", out, lines)
+
+
+if __name__ == "__main__":
+    main()
