@@ -24,10 +24,12 @@ part of the file skips the advice: the map's read-ahead fetches pages that are w
 
 The advice only helps while rows are missing from the page cache, and a warm single query
 spent half of its re-rank (40 of 80 us) on its 20-40 calls. So it is given while reads wait
-for the disk: a new map starts advised, every read of the map is timed, and the advice stops
-after ``ADVISE_HOLD`` reads in a row that took less than ``SLOW_READ_S`` (plus ``ROW_READ_S``
-a row); one slow read starts it again. A read unadvised by mistake costs at most that bound
-more than it would have: anything slower switches the advice back on.
+for the disk: a new map starts advised, and the advice stops after ``ADVISE_HOLD`` reads in a
+row that waited for nothing; one read that waited starts it again. A read waited when it took
+a major page fault (an unadvised row read from the disk: the thread's fault count tells) or
+took longer than ``SLOW_READ_S`` plus ``ROW_READ_S`` a row (an advised read waits for the
+reads the advice started, which count no fault). A read unadvised by mistake thus costs at
+most one slow query before the advice is back.
 
 Every row has a 32-bit checksum in a sidecar file (``originals.f32.sum``), written with
 it and checked when it is read, so that a damaged row is a ``CorruptStore``, not a wrong
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -55,14 +58,23 @@ from .index import top_k
 
 DENSE = 8  # a read of at least one row in DENSE of the file is not announced row by row
 ADVISE_HOLD = 32  # reads advised after the last one that waited for the disk
-# A read of the map slower than SLOW_READ_S + ROW_READ_S per row waited for the disk: a warm
-# 40-row re-rank takes ~10 us, a row from this project's virtual disk ~3 ms, from an SSD ~0.1 ms.
-SLOW_READ_S = 50e-6
-ROW_READ_S = 2e-6
+# An advised read slower than SLOW_READ_S + ROW_READ_S per row waited for the disk: a warm 20-row
+# re-rank takes ~10 us (up to ~5 us a row where its pages are touched and checksummed for the
+# first time); one disk read takes ~0.1 ms on an SSD, 2-3 ms on this project's virtual disk.
+SLOW_READ_S = 100e-6
+ROW_READ_S = 5e-6
 
 __all__ = ["Originals", "PRECISIONS", "rescore"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _clock() -> tuple[float, int]:
+    """(now, the major page faults this thread has taken): what a read of the map waited for."""
+    return time.perf_counter(), resource.getrusage(_RUSAGE).ru_majflt
+
+
+_RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # the thread's own count on Linux
 
 
 def row_sums(x: np.ndarray) -> np.ndarray:
@@ -206,9 +218,9 @@ class Originals:
         view = self._view(int(rows[0]), int(rows[-1]))
         if self._advising(len(rows), len(view)):
             self._advise(rows)
-        t = time.perf_counter()
+        start = _clock()
         out = view[rows]  # a quarter faster than np.take(..., out=) here
-        self._timed(time.perf_counter() - t, len(rows))
+        self._waited(start, len(rows))
         if self.verify:
             self._check(rows, out)
         if self.precision != "fp32":
@@ -233,7 +245,7 @@ class Originals:
         view = self._view(int(asked.min()), int(asked.max()))
         if self._advising(len(asked), len(view)):  # as read() does: a cold disk fetches them at once
             self._advise(np.unique(asked))
-        t = time.perf_counter()  # the first touch of each row, for the advice: the check, else the scoring
+        start = _clock()  # the first touch of each row, for the advice: the check, else the scoring
         if self.verify:
             unchecked = asked[~self._verified[asked]]
             if len(unchecked):
@@ -241,7 +253,7 @@ class Originals:
                 self._check(rows, view[rows])
                 self._verified[rows] = True
         out = top_k(xq, view, I, k, metric)
-        self._timed(time.perf_counter() - t, len(asked))
+        self._waited(start, len(asked))
         return out
 
     def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
@@ -318,9 +330,10 @@ class Originals:
         map's read-ahead fetches pages that are wanted anyway."""
         return self._advise_left > 0 and rows * DENSE < stored and hasattr(mmap, "MADV_WILLNEED")
 
-    def _timed(self, seconds: float, rows: int) -> None:
-        """Learn from a read of ``rows`` that took ``seconds`` whether reads wait for the disk."""
-        if seconds > SLOW_READ_S + ROW_READ_S * rows:
+    def _waited(self, start: tuple[float, int], rows: int) -> None:
+        """Learn from a read of ``rows`` begun at ``start`` (``_clock()``) whether reads wait for the disk."""
+        now, faults = _clock()
+        if faults > start[1] or now - start[0] > SLOW_READ_S + ROW_READ_S * rows:
             self._advise_left = ADVISE_HOLD
         elif self._advise_left:
             self._advise_left -= 1

@@ -2,6 +2,7 @@
 repeats, and reads and writes that the OS cuts short are finished, not lost."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_a_file_truncated_under_an_open_map_is_a_corrupt_store_not_a_sigbus(orig
 
 def test_reads_are_advised_while_they_wait_for_the_disk(originals):
     """The MADV_WILLNEED calls are made for a new map, stop after ADVISE_HOLD reads that waited
-    for nothing, and start again after one slow read (as a page fault that went to disk is)."""
+    for nothing, and start again after one read that waited (slow, or with a major page fault)."""
     rows = np.array([3, 70, 140, 290])  # scattered: fewer than one row in DENSE of the 300
     q = X[:1] / np.linalg.norm(X[:1])
     assert np.array_equal(originals.read(rows), X[rows])
@@ -169,6 +170,29 @@ def test_reads_are_advised_while_they_wait_for_the_disk(originals):
         reads += 1
     assert originals_module.ADVISE_HOLD - 1 <= reads < 20 * originals_module.ADVISE_HOLD  # read() was the first
     assert np.array_equal(I[0], rows[np.argsort(-(X[rows] @ q[0]))[:2]])
-    originals._timed(1.0, len(rows))  # a read that took a second waited for the disk
+    originals._waited((time.perf_counter() - 1, 0), len(rows))  # a read that took a second waited for the disk
+    assert originals._advising(len(rows), len(X))
+    originals._advise_left = 0
+    originals._waited((time.perf_counter(), -1), len(rows))  # a read that took a major page fault did too
     assert originals._advising(len(rows), len(X))
     assert not originals._advising(-(-len(X) // DENSE), len(X))  # a dense read never is: read-ahead serves it
+
+
+def test_a_warm_file_paged_out_under_its_map_turns_the_advice_back_on(tmp_path):
+    """For real: the pages leave memory as memory pressure takes them (MADV_PAGEOUT on the live
+    map, then the page cache dropped), and the next unadvised read, which faults them in from
+    the disk, switches the advice on again. The rows still come back exact."""
+    x = np.random.default_rng(1).normal(size=(20_000, 64)).astype(np.float32)
+    o = Originals(tmp_path / "originals.f32", 64)
+    o.write(0, x)
+    rows = np.arange(0, 20_000, 997)
+    assert np.array_equal(o.read(rows), x[rows])
+    o._advise_left = 0  # as after ADVISE_HOLD warm reads
+    o._mm.madvise(21)  # MADV_PAGEOUT (Linux >= 5.4; Python's mmap does not name it)
+    fd = os.open(o.path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert np.array_equal(o.read(rows + 1), x[rows + 1])
+    assert o._advising(len(rows), len(x))
