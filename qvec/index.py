@@ -29,6 +29,12 @@ Choices the FAISS API forces, in one place:
   training runs with fd 2 caught (``_faiss_stderr``), those lines go to the ``qvec.faiss``
   logger (``qvec --verbose`` shows them; qvec's own one-line warning says the same), and
   anything else written to stderr meanwhile is passed on.
+- IVF fast-scan PQ lists are scanned query by query into a heap (FAISS's ``implem`` 10,
+  ``FAST_SCAN_IMPLEM``), where FAISS itself picks 12 (queries grouped, a heap) or, for k > 20,
+  13 (grouped, a reservoir): on 100K GCIDE vectors its choice took 3-11% longer for a batch
+  and 10-26% longer for a single query at every nprobe and k measured, for the same results
+  up to ties (bench/results/fast_scan_implem.md). It is a field of the index, not a search
+  parameter: set once, when the index object is made or read.
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
   decoded a block at a time and scored by a matrix product (``_search_decoded``). FAISS
   scans them query by query, ~5× slower for a batch of 1,000 queries than its FP32 flat
@@ -63,6 +69,7 @@ __all__ = ["VectorIndex", "ExactBuffer", "TrainedCodes", "empty_index", "exact_s
 # took an HNSW query from 0.16 ms to 12 ms (FAISS's own advice: one thread for nq=1).
 FEW_QUERIES = 4
 DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GEMM
+FAST_SCAN_IMPLEM = 10  # IVF fast-scan: scan query by query into a heap (module docstring)
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
 TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
 CHUNK = 65_536  # rows fetched (read, decoded or embedded) at a time when an index is rebuilt
@@ -167,6 +174,16 @@ def _query_bits(index) -> None:
     inner = _unwrap(index)
     if hasattr(inner, "qb"):
         inner.qb = 8
+
+
+def _scan_order(index, implem: int = FAST_SCAN_IMPLEM) -> int | None:
+    """Set how an IVF fast-scan index scans its lists (FAISS's ``implem``; 0: FAISS's own
+    choice); returns the setting it replaced, None for every other index."""
+    inner = _unwrap(index)
+    if not isinstance(inner, faiss.IndexIVFFastScan) or inner.nlist < 2:  # flat fast-scan: one list, no gain
+        return None
+    was, inner.implem = int(inner.implem), implem
+    return was
 
 
 def _not_indexed(fids: np.ndarray, held: np.ndarray) -> CorruptStore:
@@ -330,6 +347,7 @@ class VectorIndex:
         self.index = index
         if not self.binary:
             _query_bits(index)
+            _scan_order(index)
         self._empty_bytes: int | None = None
         self.is_ivf = not self.binary and isinstance(_unwrap(self.index), faiss.IndexIVF)
         # FAISS 1.15 decodes RaBitQ codes from their sign bits alone (the finer bits ignored)
@@ -448,11 +466,19 @@ class VectorIndex:
         del keep
         return D.astype(np.float32, copy=False), I
 
-    def search_raw(self, xq: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None):
+    def search_raw(self, xq: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None,
+                   faiss_defaults: bool = True):
         """FAISS's own search of this index, as a user of FAISS would call it (no filter, no
-        qvec fast path): the benchmark's baseline. ``xq`` as the store prepares queries."""
-        return self.index.search(self._codes(xq), k, params=self.search_parameters(k, nprobe=nprobe,
-                                                                                   ef_search=ef_search))
+        qvec fast path, and with ``faiss_defaults`` FAISS's own fast-scan implementation): the
+        benchmark's baseline. ``xq`` as the store prepares queries. Not for use beside other
+        searches of this index: it changes the index's implementation for the call."""
+        was = _scan_order(self.index, 0) if faiss_defaults and not self.binary else None
+        try:
+            return self.index.search(self._codes(xq), k, params=self.search_parameters(k, nprobe=nprobe,
+                                                                                       ef_search=ef_search))
+        finally:
+            if was is not None:
+                _scan_order(self.index, was)
 
     def search_parameters(self, k: int, *, nprobe: int | None = None, ef_search: int | None = None):
         """FAISS search parameters with qvec's defaults (``config.IVF.default_nprobe``, HNSW's efSearch, at least k)."""

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import qvec
+from qvec import inputs
 from qvec.config import HNSW
-from qvec.index import DECODED_SEARCH_MIN_QUERIES, FEW_QUERIES, _unwrap
+from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, _unwrap
 from qvec.store import EXACT_FILTER_ROWS
 
 
@@ -141,3 +142,33 @@ def test_queries_reach_faiss_on_a_64_byte_boundary(metric):
         assert batch.ctypes.data % ALIGN == 0 and one.ctypes.data % ALIGN == 0
         assert batch.flags.c_contiguous and batch.dtype == np.float32
         assert np.array_equal(one[0], batch[3])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ivf_fast_scan_scans_query_by_query_and_finds_what_faiss_own_choice_finds(tmp_path, metric):
+    """qvec scans IVF fast-scan lists query by query into a heap (FAST_SCAN_IMPLEM), not FAISS's
+    own grouped scan (a reservoir for k > 20): the same k best quantized scores, query by query,
+    for a batch and for one query, and the choice holds for a store read back from disk. (Ids may
+    differ only between equal scores, which the 4-bit codes make common.)"""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    xq = rng.standard_normal((40, 32)).astype(np.float32)
+    path = tmp_path / "s.qvec"
+    with qvec.open(path, quantization="pq16x4fs", index="ivf16", metric=metric) as s:
+        s.add(vectors=x, ids=[str(i) for i in range(len(x))])
+        s.train()
+    with qvec.open(path, read_only=True) as s:
+        vi = s.journal.index
+        assert _unwrap(vi.index).implem == FAST_SCAN_IMPLEM
+        xn = inputs.normalised(xq, metric)
+        for k in (10, 30):  # FAISS picks a heap for k <= 20, a reservoir above
+            batch = s.search_batch(xq, k, include=(), nprobe=4)
+            D, I = vi.search_raw(xn, k, nprobe=4)  # FAISS's own implementation
+            assert _unwrap(vi.index).implem == FAST_SCAN_IMPLEM  # put back after the baseline's call
+            for got, want_d, want_i in zip(batch, D, I):
+                assert np.allclose([h.score for h in got], want_d, rtol=1e-5, atol=1e-5)
+                same = {h.id for h in got} & {str(i) for i in want_i}
+                tied = np.isclose(want_d, want_d[-1], rtol=1e-5, atol=1e-5).sum()  # the last score's ties
+                assert len(same) >= k - tied
+            one = s.search(xq[0], k, include=(), nprobe=4)
+            assert [h.score for h in one] == pytest.approx([h.score for h in batch[0]], rel=1e-5, abs=1e-5)
