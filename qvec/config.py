@@ -11,6 +11,7 @@ format 1). ``SearchParams`` is the same for the per-query knobs.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -521,6 +522,8 @@ class SearchParams:
         out = {k: v for k, v in params.items() if v is not None}
         for name, hi in (("nprobe", MAX_LISTS), ("ef_search", MAX_SEARCH_BREADTH), ("oversample", MAX_OVERSAMPLE)):
             if name in out:
+                if isinstance(out[name], numbers.Integral) and not isinstance(out[name], bool):
+                    out[name] = int(out[name])  # numpy's integers too, as k takes them (np.bool_ is not Integral)
                 _check_range(name, out[name], 1, hi, InvalidInput)
         parsed = cls(**out)
         if key is not None and len(_PARSED) < 256:

@@ -269,12 +269,24 @@ def test_settings_are_checked_at_open(tmp_path, kwargs, message):
     ({"nprobe": "3"}, "nprobe must be an integer from 1"),
     ({"ef_search": 2**40}, "ef_search must be an integer from 1"),
     ({"ef_search": True}, "ef_search must be an integer from 1"),
+    ({"ef_search": np.bool_(True)}, "ef_search must be an integer from 1"),
+    ({"nprobe": np.float32(3)}, "nprobe must be an integer from 1"),
+    ({"oversample": np.int64(0)}, "oversample must be an integer from 1"),
 ])
 def test_search_parameters_are_checked(tmp_path, corpus, params, message):
     with qvec.open(tmp_path / "s", quantization="fp32") as s:
         s.add(vectors=corpus[1][:5])
         with pytest.raises(qvec.InvalidInput, match=message):
             s.search(corpus[1][0], 3, **params)
+
+
+def test_numpy_integers_pass_as_search_parameters_as_they_do_for_k(tmp_path, corpus):
+    with qvec.open(tmp_path / "s", quantization="int8", index="hnsw16", rescore=True) as s:
+        s.add(vectors=corpus[1][:300])
+        want = s.search(corpus[1][0], 5, ef_search=40, oversample=2)
+        got = s.search(corpus[1][0], np.int64(5), ef_search=np.int32(40), oversample=np.uint8(2))
+        assert got == want
+        assert s.search_batch(corpus[1][:1], 5, ef_search=np.int64(40), oversample=np.int64(2))[0] == want
 
 
 def test_get_returns_one_item_per_id_asked_and_k_past_the_count(tmp_path, corpus):
