@@ -9,8 +9,8 @@ import pytest
 
 import qvec
 from qvec import inputs
-from qvec.config import HNSW
-from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, _unwrap
+from qvec.config import HNSW, SearchParams
+from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, FoldedScan, _unwrap
 from qvec.store import EXACT_FILTER_ROWS
 
 
@@ -172,3 +172,52 @@ def test_ivf_fast_scan_scans_query_by_query_and_finds_what_faiss_own_choice_find
                 assert len(same) >= k - tied
             one = s.search(xq[0], k, include=(), nprobe=4)
             assert [h.score for h in one] == pytest.approx([h.score for h in batch[0]], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_folded_ivf_int8_scan_answers_as_faiss_own_scan(tmp_path, corpus, metric):
+    """IVF int8 lists scanned as uniform codes with the scales folded into the query (FoldedScan,
+    for batches) give FAISS's own search's hits and scores (to float rounding): batches large and
+    small, with a filter, after deletes and adds, for a store read back from disk; a single query
+    (FAISS's own scan) agrees with its batch."""
+    rng = np.random.default_rng(9)  # the real embeddings and two noisy copies: 1,920 rows
+    x = np.vstack([corpus[1]] + [corpus[1] + rng.normal(0, 0.01, corpus[1].shape) for _ in range(2)]).astype(np.float32)
+    xq = corpus[3][:40]
+    path = tmp_path / "s.qvec"
+    with qvec.open(path, quantization="int8", index="ivf16", metric=metric) as s:
+        s.add(vectors=x[:1200], ids=[str(i) for i in range(1200)], metadata=[{"odd": i % 2} for i in range(1200)])
+        s.train()
+        s.delete([str(i) for i in range(0, 300, 3)])
+        s.add(vectors=x[1200:], ids=[str(i) for i in range(1200, len(x))],
+              metadata=[{"odd": i % 2} for i in range(1200, len(x))])
+    with qvec.open(path, read_only=True) as s:
+        vi = s.journal.index
+        assert isinstance(vi._folded, FoldedScan)
+        xn = inputs.normalised(xq, metric)
+        allowed = s.catalog.where_fids({"odd": 1})
+        for queries, kw in ((xn, {}), (xn[:FEW_QUERIES], {}), (xn, {"allowed": allowed}),
+                            (xn[:FEW_QUERIES], {"allowed": allowed})):
+            for nprobe in (1, 5, 16):
+                p = SearchParams(nprobe=nprobe)
+                D, I = vi.search(queries, 10, params=p, **kw)
+                folded, vi._folded = vi._folded, None  # FAISS's own scan of the same index
+                try:
+                    D0, I0 = vi.search(queries, 10, params=p, **kw)
+                finally:
+                    vi._folded = folded
+                assert np.allclose(D, D0, rtol=1e-5, atol=1e-5)
+                assert (I == I0).mean() > 0.99 and np.array_equal(np.sort(I, 1) >= 0, np.sort(I0, 1) >= 0)
+                if "allowed" in kw:
+                    assert np.isin(I[I >= 0], allowed).all()
+        hits = s.search_batch(xq, 5, include=(), nprobe=16)
+        assert [h.id for h in s.search(xq[3], 5, include=(), nprobe=16)] == [h.id for h in hits[3]]
+        assert not {h.id for r in hits for h in r} & {str(i) for i in range(0, 300, 3)}
+
+
+@pytest.mark.parametrize("quantization,metric", [("int8", "l2"), ("int4", "cosine"), ("fp16", "cosine")])
+def test_what_does_not_fold_is_scanned_by_faiss_itself(tmp_path, quantization, metric):
+    x = np.random.default_rng(10).standard_normal((1200, 16)).astype(np.float32)
+    with qvec.open(tmp_path / "s.qvec", quantization=quantization, index="ivf8", metric=metric) as s:
+        s.add(vectors=x, ids=[str(i) for i in range(len(x))])
+        s.train()
+        assert s.journal.index._folded is None
