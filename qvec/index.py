@@ -215,9 +215,10 @@ class FoldedScan:
         if not isinstance(ivf, faiss.IndexIVFScalarQuantizer) or ivf.metric_type != faiss.METRIC_INNER_PRODUCT \
                 or not ivf.is_trained or int(ivf.sq.qtype) not in cls._UNIFORM:
             return None
-        return cls(ivf)
+        return cls(index, ivf)
 
-    def __init__(self, ivf):
+    def __init__(self, index, ivf):
+        self.owner = index  # the Python object that owns the lists and quantizer the view reads
         qtype, levels = self._UNIFORM[int(ivf.sq.qtype)]
         vmin, vdiff = faiss.vector_to_array(ivf.sq.trained).reshape(2, -1)
         self.ivf, self.vmin, self.step = ivf, vmin.copy(), (vdiff / levels).astype(np.float32)
