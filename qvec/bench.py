@@ -442,7 +442,9 @@ def markdown(result: dict) -> str:
         "searched directly (with rescoring, for "
         "the k × oversample candidates, not re-ranked: the ratio includes the re-ranking; for flat fp16, bf16, "
         "int8 and int4 codes qvec scores batches of 64+ queries by decoding blocks of codes and one matrix "
-        "product, where FAISS scans query by query, hence ratios above 1); p50/p99 are single "
+        "product, where FAISS scans query by query, hence ratios above 1; IVF int8 batches scored by inner "
+        "product are scanned with the scales folded into the queries, and IVF fast-scan PQ query by query into "
+        "a heap, where FAISS's side keeps its own scan); p50/p99 are single "
         "queries on one thread, from the best of 3 passes over up to 200 queries. ★ = on the Pareto frontier "
         "of RAM vs recall@10; ☆ = on it among the "
         "configurations without rescoring (nothing on disk beyond the codes); the INT8 rows mark the 75% line.",

@@ -237,12 +237,16 @@ class Originals:
         ``read`` copied every candidate and summed it again for each query."""
         if self.precision != "fp32" or not I.size:
             return rescore(xq, I, k, self.read, metric)
-        I = _misses_last(I)
-        valid = I >= 0
-        asked = I[valid]
-        if not len(asked):
-            return rescore(xq, I, k, self.read, metric)
-        view = self._view(int(asked.min()), int(asked.max()))
+        lo = int(I.min())
+        if lo >= 0:  # every candidate a row (the common case): no -1 to move last, no mask to apply
+            asked, hi = I.reshape(-1), int(I.max())
+        else:
+            I = _misses_last(I)
+            asked = I[I >= 0]
+            if not len(asked):
+                return rescore(xq, I, k, self.read, metric)
+            lo, hi = int(asked.min()), int(asked.max())
+        view = self._view(lo, hi)
         if self._advising(len(asked), len(view)):  # as read() does: a cold disk fetches them at once
             self._advise(np.unique(asked))
         start = _clock()  # the first touch of each row, for the advice: the check, else the scoring
