@@ -14,7 +14,6 @@ rest differ only between equal quantized scores).
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 import qvec
 from qvec import inputs
-from qvec.bench import machine, machine_line, one_faiss_thread, write_report
+from qvec.bench import machine, machine_line, two_in_turn, write_report
 from qvec.index import FAST_SCAN_IMPLEM, _unwrap
 
 HERE = Path(__file__).parent
@@ -41,24 +40,11 @@ def measure(index, xn: np.ndarray, nprobe: int, k: int) -> dict:
         inner.implem = implem
         return index.search(x, k, params=params)
 
-    batch = {0: [], FAST_SCAN_IMPLEM: []}
-    for _ in range(7):
-        for implem in batch:
-            t = time.perf_counter()
-            run(implem, xn)
-            batch[implem].append(time.perf_counter() - t)
-    single = {0: [], FAST_SCAN_IMPLEM: []}
-    with one_faiss_thread():
-        for n, q in enumerate(xn[:200]):
-            for implem in list(single)[:: 1 if n % 2 else -1]:
-                t = time.perf_counter()
-                run(implem, q[None, :])
-                single[implem].append(time.perf_counter() - t)
+    t = two_in_turn(lambda x: run(0, x), lambda x: run(FAST_SCAN_IMPLEM, x), xn)
     _, I0 = run(0, xn)
     _, I10 = run(FAST_SCAN_IMPLEM, xn)
     shared = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(I0.tolist(), I10.tolist())]))
-    b0, b10 = min(batch[0]) * 1e3, min(batch[FAST_SCAN_IMPLEM]) * 1e3
-    s0, s10 = statistics.median(single[0]) * 1e3, statistics.median(single[FAST_SCAN_IMPLEM]) * 1e3
+    (b0, b10), (s0, s10) = t["batch_ms"], t["single_p50_ms"]
     return {"nprobe": nprobe, "k": k, "batch_ms_faiss_choice": round(b0, 2), "batch_ms_qvec": round(b10, 2),
             "batch_speedup": round(b0 / b10, 3), "single_p50_ms_faiss_choice": round(s0, 4),
             "single_p50_ms_qvec": round(s10, 4), "single_speedup": round(s0 / s10, 3),

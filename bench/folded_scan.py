@@ -13,7 +13,6 @@ the largest score difference.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 import qvec
 from qvec import inputs
-from qvec.bench import machine, machine_line, one_faiss_thread, write_report
+from qvec.bench import machine, machine_line, two_in_turn, write_report
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "gcide"
@@ -34,24 +33,10 @@ K = 10
 def measure(index, folded, xn: np.ndarray, nprobe: int) -> dict:
     params = faiss.SearchParametersIVF(nprobe=nprobe)
     calls = {"faiss": lambda x: index.search(x, K, params=params), "folded": lambda x: folded.search(x, K, params)}
-    batch = {name: [] for name in calls}
-    for _ in range(7):
-        for name, call in calls.items():
-            t = time.perf_counter()
-            call(xn)
-            batch[name].append(time.perf_counter() - t)
-    single = {name: [] for name in calls}
-    with one_faiss_thread():
-        for n, q in enumerate(xn[:200]):
-            for name in list(calls)[:: 1 if n % 2 else -1]:
-                q1 = q[None, :]
-                t = time.perf_counter()
-                calls[name](q1)
-                single[name].append(time.perf_counter() - t)
+    t = two_in_turn(calls["faiss"], calls["folded"], xn)
     D0, I0 = calls["faiss"](xn)
     D1, I1 = calls["folded"](xn)
-    b0, b1 = min(batch["faiss"]) * 1e3, min(batch["folded"]) * 1e3
-    s0, s1 = statistics.median(single["faiss"]) * 1e3, statistics.median(single["folded"]) * 1e3
+    (b0, b1), (s0, s1) = t["batch_ms"], t["single_p50_ms"]
     return {"nprobe": nprobe, "batch_ms_faiss": round(b0, 2), "batch_ms_folded": round(b1, 2),
             "batch_speedup": round(b0 / b1, 3), "single_p50_ms_faiss": round(s0, 4),
             "single_p50_ms_folded": round(s1, 4), "single_speedup": round(s0 / s1, 3),

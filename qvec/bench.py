@@ -43,8 +43,8 @@ from .inputs import normalised
 from .metrics import exact_knn, hit_at_k, mrr_at_k, recall_at_k
 
 __all__ = ["Config", "Dataset", "default_sweep", "run", "run_config", "pareto", "write_results", "embed_cached",
-           "machine", "machine_line", "write_report", "best_of", "best_of_pair", "result_rows", "raw_faiss",
-           "raw_faiss_seconds", "single_query_ms"]
+           "machine", "machine_line", "write_report", "best_of", "best_of_pair", "two_in_turn", "result_rows",
+           "raw_faiss", "raw_faiss_seconds", "single_query_ms"]
 
 K_VALUES = (1, 10, 100)
 
@@ -249,6 +249,24 @@ def best_of_pair(a: Callable, b: Callable, repeat: int = 5):
         out_b = b()
         best_b = min(best_b, time.perf_counter() - t)
     return best_a, best_b, out_a, out_b
+
+
+def two_in_turn(a: Callable, b: Callable, xq: np.ndarray, *, repeat: int = 7, singles: int = 200) -> dict:
+    """Two ways of searching the same queries, as #13's scan choices are compared: ``batch_ms``,
+    the best of ``repeat`` batches of all of ``xq``, the two in turn; ``single_p50_ms``, one query
+    at a time on one FAISS thread, the two in turn per query, each first for half of them (the
+    second finds the query's lists in cache). Each an (a, b) pair."""
+    batch_a, batch_b, _, _ = best_of_pair(lambda: a(xq), lambda: b(xq), repeat)
+    single: tuple[list[float], list[float]] = ([], [])
+    with one_faiss_thread():
+        for n, q in enumerate(xq[:singles]):
+            q1 = q[None, :]
+            for i in (0, 1) if n % 2 else (1, 0):
+                t = time.perf_counter()
+                (a, b)[i](q1)
+                single[i].append(time.perf_counter() - t)
+    return {"batch_ms": (batch_a * 1e3, batch_b * 1e3),
+            "single_p50_ms": (statistics.median(single[0]) * 1e3, statistics.median(single[1]) * 1e3)}
 
 
 def single_query_ms(fn: Callable, queries, *, before: Callable[[], None] | None = None, passes: int = 3) -> dict:
