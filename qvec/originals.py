@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import resource
 import time
 from pathlib import Path
 
@@ -55,6 +54,11 @@ import numpy as np
 from .errors import CorruptStore
 from .idmap import trim_heap
 from .index import top_k
+
+try:
+    import resource
+except ImportError:  # not Unix
+    resource = None
 
 DENSE = 8  # a read of at least one row in DENSE of the file is not announced row by row
 ADVISE_HOLD = 32  # reads advised after the last one that waited for the disk
@@ -70,11 +74,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _clock() -> tuple[float, int]:
-    """(now, the major page faults this thread has taken): what a read of the map waited for."""
-    return time.perf_counter(), resource.getrusage(_RUSAGE).ru_majflt
+    """(now, the major page faults this thread has taken): what a read of the map waited for
+    (no fault count where the platform has none: the time alone then tells)."""
+    return time.perf_counter(), resource.getrusage(_RUSAGE).ru_majflt if resource is not None else 0
 
 
-_RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # the thread's own count on Linux
+_RUSAGE = getattr(resource, "RUSAGE_THREAD", getattr(resource, "RUSAGE_SELF", 0))  # the thread's own count on Linux
 
 
 def row_sums(x: np.ndarray) -> np.ndarray:
