@@ -41,10 +41,10 @@ Choices the FAISS API forces, in one place:
   ``q · vmin + (q * step) · (c + 0.5)``. So the query is multiplied by the steps once, a second
   IVF index object reads the same lists with one scale for all dimensions (the query's own),
   and ``q · vmin`` is added back: the same scores up to float rounding (~4e-7) and the same
-  hits, for batches 1.13-1.20× as fast as FAISS's own scan of int8/ivf1024 at nprobe 16-128
-  (bench/results/folded_scan.md). A single query keeps FAISS's own scan: the extra steps cost
-  more than they save below nprobe 64. L2 does not fold (the steps weight each dimension's
-  squared difference).
+  hits, for batches 1.13-1.42× as fast as FAISS's own scan of int8/ivf1024 at nprobe 16-128
+  in two runs (bench/results/folded_scan.md). A single query keeps FAISS's own scan: folded,
+  it gained 0-27%, nothing below nprobe 64 in one of the runs. L2 does not fold (the steps
+  weight each dimension's squared difference).
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
   decoded a block at a time and scored by a matrix product (``_search_decoded``). FAISS
   scans them query by query, ~5× slower for a batch of 1,000 queries than its FP32 flat
