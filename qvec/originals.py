@@ -304,22 +304,14 @@ class Originals:
             st = os.fstat(self._fds[0]) if pinned else os.stat(self.path)
         except FileNotFoundError:
             st = None
-        stored = st.st_size // self.row_bytes if st else 0
-        if hi >= stored or lo < 0:
-            raise CorruptStore(
-                f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
-                "the originals file is truncated; rebuild the store"
-            )
+        stored = self._holding(st, lo, hi)
         view, file = self._row_map, (st.st_dev, st.st_ino)
         if view is not None and len(view) >= stored and file == self._mapped:
             return view
         fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY)
         try:
             st = os.fstat(fd)  # the file opened, which a writer may have replaced since the stat
-            stored, file = st.st_size // self.row_bytes, (st.st_dev, st.st_ino)
-            if hi >= stored:
-                raise CorruptStore(f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
-                                   "the originals file is truncated; rebuild the store")
+            stored, file = self._holding(st, lo, hi), (st.st_dev, st.st_ino)
             dtype = np.float32 if self.precision == "fp32" else np.uint8
             self._mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
             view = self._row_map = np.frombuffer(self._mm, dtype).reshape(stored, -1)
@@ -332,6 +324,16 @@ class Originals:
         self._verified, self._mapped = verified, file
         self._advise_left = ADVISE_HOLD  # a new map's pages start cold
         return view
+
+    def _holding(self, st: os.stat_result | None, lo: int, hi: int) -> int:
+        """The rows a file of this stat holds (0 for none); a CorruptStore unless rows lo..hi are among them."""
+        stored = st.st_size // self.row_bytes if st else 0
+        if hi >= stored or lo < 0:
+            raise CorruptStore(
+                f"{self.path} holds {stored} vectors but vector {hi} was asked for: "
+                "the originals file is truncated; rebuild the store"
+            )
+        return stored
 
     def _advising(self, rows: int, stored: int) -> bool:
         """Whether a read of ``rows`` of the ``stored`` is announced: while reads wait for the disk
