@@ -42,9 +42,10 @@ Choices the FAISS API forces, in one place:
   IVF index object reads the same lists with one scale for all dimensions (the query's own),
   and ``q · vmin`` is added back: the same scores up to float rounding (~4e-7) and the same
   hits, for batches 1.13-1.42× as fast as FAISS's own scan of int8/ivf1024 at nprobe 16-128
-  in two runs (bench/results/folded_scan.md). A single query keeps FAISS's own scan: folded,
-  it gained 0-27%, nothing below nprobe 64 in one of the runs. L2 does not fold (the steps
-  weight each dimension's squared difference).
+  in two runs (bench/results/folded_scan.md). A single query is scanned folded from 64 lists
+  probed (``FOLD_FEW_NPROBE``): there it gained 7-27% in each run, below that as little as
+  nothing (the coarse search and the query's preparation weigh more). L2 does not fold (the
+  steps weight each dimension's squared difference).
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
   decoded a block at a time and scored by a matrix product (``_search_decoded``). FAISS
   scans them query by query, ~5× slower for a batch of 1,000 queries than its FP32 flat
@@ -81,6 +82,7 @@ __all__ = ["VectorIndex", "ExactBuffer", "FoldedScan", "TrainedCodes", "empty_in
 FEW_QUERIES = 4
 DECODED_SEARCH_MIN_QUERIES = 64  # batches this large score decoded blocks by GEMM
 FAST_SCAN_IMPLEM = 10  # IVF fast-scan: scan query by query into a heap (module docstring)
+FOLD_FEW_NPROBE = 64  # fewer than FEW_QUERIES IVF int8 queries are scanned folded from this many lists
 DECODE_BLOCK = 4096  # vectors decoded at a time: 6 MB of FP32 at 384 dimensions
 TRAIN_SAMPLE = 200_000  # vectors training reads at most (a random sample of the rest)
 CHUNK = 65_536  # rows fetched (read, decoded or embedded) at a time when an index is rebuilt
@@ -513,8 +515,10 @@ class VectorIndex:
         else:
             fp = self.search_parameters(k, nprobe=params.nprobe, ef_search=params.ef_search)
             fp.sel = sel
-        if self._folded is not None and len(xq) >= FEW_QUERIES and xq.shape[1] == self.index.d:
-            out = self._folded.search(np.ascontiguousarray(xq, dtype=np.float32), k, fp)
+        if self._folded is not None and xq.shape[1] == self.index.d and \
+                (len(xq) >= FEW_QUERIES or fp.nprobe >= FOLD_FEW_NPROBE):
+            with one_faiss_thread() if len(xq) < FEW_QUERIES else nullcontext():
+                out = self._folded.search(np.ascontiguousarray(xq, dtype=np.float32), k, fp)
             del keep
             return out
         if len(xq) == 1 and not self.binary and xq.shape[1] == self.index.d:

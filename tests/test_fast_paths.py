@@ -10,7 +10,7 @@ import pytest
 import qvec
 from qvec import inputs
 from qvec.config import HNSW, SearchParams
-from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, FoldedScan, _unwrap
+from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, FOLD_FEW_NPROBE, FoldedScan, _unwrap
 from qvec.store import EXACT_FILTER_ROWS
 
 
@@ -212,6 +212,36 @@ def test_folded_ivf_int8_scan_answers_as_faiss_own_scan(tmp_path, corpus, metric
         hits = s.search_batch(xq, 5, include=(), nprobe=16)
         assert [h.id for h in s.search(xq[3], 5, include=(), nprobe=16)] == [h.id for h in hits[3]]
         assert not {h.id for r in hits for h in r} & {str(i) for i in range(0, 300, 3)}
+
+
+def test_a_few_ivf_int8_queries_fold_from_many_lists_probed(tmp_path, corpus):
+    """Below FEW_QUERIES, a search folds only where it probes FOLD_FEW_NPROBE lists or more
+    (bench/results/folded_scan.md), and then answers as FAISS's own scan does, on one thread."""
+    x, xq = corpus[1], corpus[3][:6]
+    with qvec.open(tmp_path / "s.qvec", quantization="int8", index=f"ivf{FOLD_FEW_NPROBE * 2}") as s:
+        s.add(vectors=x, ids=[str(i) for i in range(len(x))])
+        s.train()
+        vi, xn = s.journal.index, inputs.normalised(xq, "cosine")
+        folded, scans = vi._folded, []
+
+        class Counted:  # the same scan, counted
+            def search(self, *args):
+                scans.append(faiss.omp_get_max_threads())
+                return folded.search(*args)
+
+        for nprobe, folds in ((FOLD_FEW_NPROBE - 1, False), (FOLD_FEW_NPROBE, True), (FOLD_FEW_NPROBE * 2, True)):
+            p = SearchParams(nprobe=nprobe)
+            for queries in (xn[:1], xn[: FEW_QUERIES - 1]):
+                scans.clear()
+                vi._folded = Counted()
+                D, I = vi.search(queries, 10, params=p)
+                vi._folded = None  # FAISS's own scan of the same index
+                D0, I0 = vi.search(queries, 10, params=p)
+                vi._folded = folded
+                assert scans == ([1] if folds else [])
+                assert np.allclose(D, D0, rtol=1e-5, atol=1e-5) and (I == I0).mean() > 0.99
+        assert [h.id for h in s.search(xq[2], 10, include=(), nprobe=FOLD_FEW_NPROBE)] == \
+               [h.id for h in s.search_batch(xq, 10, include=(), nprobe=FOLD_FEW_NPROBE)[2]]
 
 
 @pytest.mark.parametrize("quantization,metric", [("int8", "l2"), ("int4", "cosine"), ("fp16", "cosine")])
