@@ -25,7 +25,9 @@ part of the file skips the advice: the map's read-ahead fetches pages that are w
 The advice only helps while rows are missing from the page cache, and a warm single query
 spent half of its re-rank (40 of 80 us) on its 20-40 calls. So it is given while reads wait
 for the disk: a new map starts advised, and the advice stops after ``ADVISE_HOLD`` reads in a
-row that waited for nothing; one read that waited starts it again. A read waited when it took
+row that waited for nothing, a read of many rows counting as one per ``QUERY_ROWS`` (a batch
+of 1,000 queries re-ranking 10 rows each paid ~10 ms of calls on its 10 ms of scoring, for as
+many reads as 32 single queries); one read that waited starts it again. A read waited when it took
 a major page fault (an unadvised row read from the disk: the thread's fault count tells) or
 took longer than ``SLOW_READ_S`` plus ``ROW_READ_S`` a row (an advised read waits for the
 reads the advice started, which count no fault). A read unadvised by mistake thus costs at
@@ -62,6 +64,7 @@ except ImportError:  # not Unix
 
 DENSE = 8  # a read of at least one row in DENSE of the file is not announced row by row
 ADVISE_HOLD = 32  # reads advised after the last one that waited for the disk
+QUERY_ROWS = 40  # a read of more rows counts as one per QUERY_ROWS (a query's k 10 × oversample 4)
 # An advised read slower than SLOW_READ_S + ROW_READ_S per row waited for the disk: a warm 20-row
 # re-rank takes ~10 us (up to ~5 us a row where its pages are touched and checksummed for the
 # first time); one disk read takes ~0.1 ms on an SSD, 2-3 ms on this project's virtual disk.
@@ -347,7 +350,7 @@ class Originals:
         if faults > start[1] or now - start[0] > SLOW_READ_S + ROW_READ_S * rows:
             self._advise_left = ADVISE_HOLD
         elif self._advise_left:
-            self._advise_left -= 1
+            self._advise_left = max(0, self._advise_left - max(1, rows // QUERY_ROWS))
 
     def _advise(self, rows: np.ndarray) -> None:
         """Announce scattered rows (sorted, unique) to the kernel, one ``MADV_WILLNEED`` per run

@@ -178,6 +178,28 @@ def test_reads_are_advised_while_they_wait_for_the_disk(originals):
     assert not originals._advising(-(-len(X) // DENSE), len(X))  # a dense read never is: read-ahead serves it
 
 
+def test_a_quiet_read_of_many_rows_counts_as_many_reads(tmp_path):
+    """A batch's re-rank reading QUERY_ROWS rows per query counts as that many queries' reads: on
+    a warm file the advice stops after a read or two of 1,000 queries' candidates, not after
+    ADVISE_HOLD of them (each paid one MADV_WILLNEED per row), and the rows come back exact."""
+    n, per_query = 40_000, 10
+    x = np.random.default_rng(2).normal(size=(n, 32)).astype(np.float32)
+    o = Originals(tmp_path / "originals.f32", 32)
+    o.write(0, x)
+    I = np.random.default_rng(3).choice(n, (400, per_query), replace=False)  # 4,000 scattered rows: advised
+    q = x[:400] / np.linalg.norm(x[:400], axis=1, keepdims=True)
+    assert o._advising(I.size, n)
+    reads = 0
+    while o._advising(I.size, n) and reads < originals_module.ADVISE_HOLD:
+        D, got = o.rerank(q, I, 3, "cosine")
+        reads += 1
+    assert reads <= 3  # the first read of a new map may wait for its first touch of the pages
+    assert np.array_equal(got, np.take_along_axis(I, np.argsort(-np.einsum("qd,qkd->qk", q, x[I]), 1)[:, :3], 1))
+    o._advise_left = originals_module.ADVISE_HOLD
+    o._waited(originals_module._clock(), originals_module.QUERY_ROWS - 1)  # one query's worth of rows or fewer
+    assert o._advise_left == originals_module.ADVISE_HOLD - 1
+
+
 def test_a_warm_file_paged_out_under_its_map_turns_the_advice_back_on(tmp_path):
     """For real: the pages leave memory as memory pressure takes them (MADV_PAGEOUT on the live
     map, then the page cache dropped), and the next unadvised read, which faults them in from
