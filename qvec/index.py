@@ -43,7 +43,7 @@ Choices the FAISS API forces, in one place:
   and ``q · vmin`` is added back: the same scores up to float rounding (~4e-7) and the same
   hits, for batches 1.13-1.42× as fast as FAISS's own scan of int8/ivf1024 at nprobe 16-128
   in two runs (bench/results/folded_scan.md). A single query is scanned folded from 64 lists
-  probed (``FOLD_FEW_NPROBE``): there it gained 7-27% in each run, below that as little as
+  probed (``FOLD_FEW_NPROBE``): there it gained 6-27% in each run, below that as little as
   nothing (the coarse search and the query's preparation weigh more). L2 does not fold (the
   steps weight each dimension's squared difference).
 - Flat scalar-quantized codes (fp16, bf16, int8, int4) searched by many queries at once are
