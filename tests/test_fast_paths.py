@@ -10,7 +10,16 @@ import pytest
 import qvec
 from qvec import inputs
 from qvec.config import HNSW, SearchParams
-from qvec.index import DECODED_SEARCH_MIN_QUERIES, FAST_SCAN_IMPLEM, FEW_QUERIES, FOLD_FEW_NPROBE, FoldedScan, _unwrap
+from qvec.errors import CorruptStore
+from qvec.index import (
+    DECODED_SEARCH_MIN_QUERIES,
+    FAST_SCAN_IMPLEM,
+    FEW_QUERIES,
+    FOLD_FEW_NPROBE,
+    LAYOUT_MIN_ROWS,
+    FoldedScan,
+    _unwrap,
+)
 from qvec.store import EXACT_FILTER_ROWS
 
 
@@ -59,6 +68,55 @@ def test_hnsw_graphs_are_linked_with_qvecs_ef_construction_and_keep_it(tmp_path,
     with qvec.open(path, read_only=True) as s:
         s.search(x[0], 5)
         assert _unwrap(s.journal.index.index).hnsw.efConstruction == HNSW.ef_construction
+
+
+@pytest.mark.parametrize("quantization,metric", [("fp32", "cosine"), ("int8", "l2")])
+def test_a_large_hnsw_add_is_laid_out_by_cluster_and_still_read_by_fid(tmp_path, corpus, quantization, metric):
+    """An HNSW add of LAYOUT_MIN_ROWS rows or more stores them cluster by cluster (neighbours
+    next to each other, bench/results/hnsw_walk.md), so the index's fids no longer ascend: each
+    fid still decodes to its own vector, small filters (scored from decoded codes) and searches
+    answer as before, after a reopen, and after a compaction that builds the graph again."""
+    rng = np.random.default_rng(11)
+    copies = LAYOUT_MIN_ROWS // len(corpus[1]) + 1
+    x = np.vstack([corpus[1] + rng.normal(0, 0.01, corpus[1].shape) for _ in range(copies)]).astype(np.float32)
+    xn = inputs.normalised(x, metric)  # as the index holds them
+    ids = [str(i) for i in range(len(x))]
+    path = tmp_path / "s.qvec"
+    tol = 1e-6 if quantization == "fp32" else 0.05
+
+    def check(s, live):
+        vi = s.journal.index
+        held = faiss.vector_to_array(faiss.downcast_index(vi.index).id_map)
+        assert (np.diff(held) < 0).any() and np.array_equal(np.sort(held), vi.fids())  # laid out, every fid once
+        rows = xn[live[held]]  # the vectors in the order the index stores them: neighbours in runs
+        near = np.einsum("ij,ij->i", rows[1:], rows[:-1]) / np.linalg.norm(rows[1:], axis=1) \
+            / np.linalg.norm(rows[:-1], axis=1)
+        shuffled = rows[rng.permutation(len(rows))]
+        far = np.einsum("ij,ij->i", shuffled[1:], shuffled[:-1]) / np.linalg.norm(shuffled[1:], axis=1) \
+            / np.linalg.norm(shuffled[:-1], axis=1)
+        assert np.median(near) > np.median(far) + 0.1
+        fids = rng.choice(len(live), 60, replace=False)
+        assert np.allclose(vi.reconstruct(fids), xn[live[fids]], atol=tol)
+        with pytest.raises(CorruptStore):
+            vi.reconstruct(np.array([len(x) + 5]))
+        small = {"i": {"$lt": 60}}  # few enough rows to be scored exactly, from their decoded codes
+        for q in x[live[:3]]:
+            got = [h.id for h in s.search(q, 5, where=small, include=())]
+            want = [h.id for h in s.search_batch(q[None], 5, where=small, include=())[0]]
+            assert got == want and all(int(i) < 60 for i in got)
+        found = s.search_batch(x[live[::97]], 1, include=())
+        assert np.mean([r[0].id == ids[i] for r, i in zip(found, live[::97])]) > 0.9  # each row finds itself
+
+    with qvec.open(path, quantization=quantization, index="hnsw16", metric=metric) as s:
+        s.add(vectors=x, ids=ids, metadata=[{"i": i} for i in range(len(x))])
+        s.train()
+        check(s, np.arange(len(x)))
+    with qvec.open(path, read_only=True) as s:
+        check(s, np.arange(len(x)))
+    with qvec.open(path) as s:
+        s.delete(ids[:40])
+        s.checkpoint(compact=True)  # a graph drops deleted nodes only by being built again
+        check(s, np.arange(40, len(x)))
 
 
 def _answers(hits):
