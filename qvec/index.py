@@ -42,7 +42,7 @@ Choices the FAISS API forces, in one place:
   IVF index object reads the same lists with one scale for all dimensions (the query's own),
   and ``q · vmin`` is added back: the same scores up to float rounding (~4e-7) and the same
   hits, for batches 1.13-1.42× as fast as FAISS's own scan of int8/ivf1024 at nprobe 16-128
-  in two runs (bench/results/folded_scan.md). A single query is scanned folded from 64 lists
+  in three runs (bench/results/folded_scan.md). A single query is scanned folded from 64 lists
   probed (``FOLD_FEW_NPROBE``): there it gained 6-27% in each run, below that as little as
   nothing (the coarse search and the query's preparation weigh more). L2 does not fold (the
   steps weight each dimension's squared difference).
@@ -252,8 +252,11 @@ def _by_cluster(x: np.ndarray, metric: str) -> np.ndarray:
     """An order of the rows of ``x`` in which the rows of one k-means cluster (about 128 rows)
     follow each other. An HNSW graph walk goes from a node to its neighbours, which are near it
     in space; laid out so, their codes and links are near in memory too, and the walk waits less
-    for them: a single int8/hnsw32 query's walk 1.07-1.15x as fast on 100K GCIDE definitions
-    (bench/results/hnsw_walk.md). The clustering costs ~2 s per 100K rows (~5% of the graph's build)."""
+    for them: on 100K GCIDE definitions a single int8/hnsw32 query's walk ran 1.12-1.15x as fast
+    on FAISS alone (bench/results/hnsw_walk.md), 1.05x through the store with its re-rank and
+    hits (hnsw_layout.md). The clustering takes about 2 s per 100K rows here, which the graph's
+    own build, walking the same layout, more than won back (44 -> 40 s). The rows are copied
+    once in the new order (the batch's size again, for the add)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], min(1024, len(x) // 128), niter=8, seed=1, spherical=metric != "l2",
                       max_points_per_centroid=32)
