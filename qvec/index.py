@@ -255,8 +255,8 @@ def _by_cluster(x: np.ndarray, metric: str) -> np.ndarray:
     for them: on 100K GCIDE definitions a single int8/hnsw32 query's walk ran 1.12-1.15x as fast
     on FAISS alone (bench/results/hnsw_walk.md), 1.05x through the store with its re-rank and
     hits (hnsw_layout.md). The clustering takes about 2 s per 100K rows here, which the graph's
-    own build, walking the same layout, more than won back (44 -> 40 s and 41 -> 39 s). The rows are copied
-    once in the new order (the batch's size again, for the add)."""
+    own build, walking the same layout, more than won back (44 -> 40 s and 41 -> 39 s). The
+    rows are copied once in the new order (the batch's size again, for the add)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], min(1024, len(x) // 128), niter=8, seed=1, spherical=metric != "l2",
                       max_points_per_centroid=32)
