@@ -18,14 +18,16 @@ __all__ = ["check_batch", "as_matrix", "check_texts", "check_ids", "dump_metadat
 INCLUDE = ("text", "metadata")
 
 
-def as_matrix(vectors: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
-    """A C-contiguous float32 (n, dim) array of finite real numbers."""
+def as_matrix(vectors: Any, dim: int | None, what: str = "vectors", *, copy: bool = True) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) array of finite real numbers. ``copy=False``: the
+    caller's own array where it is one already (queries, which are only read: a batch of
+    1,000 spent 0.3-0.6 ms copying them into fresh pages)."""
     try:
         raw = np.asarray(vectors)
         if raw.dtype.kind == "c":
             raise InvalidInput(f"{what} are complex numbers: pass real vectors (the imaginary part would be dropped)")
         if raw.dtype == np.float32:  # the hot path: a query as models and FAISS give it
-            x = raw.astype(np.float32)
+            x = raw.astype(np.float32, copy=copy)
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 is refused below, by name
                 x = raw.astype(np.float32)
@@ -82,7 +84,7 @@ def normalised(x: np.ndarray, metric: str) -> np.ndarray:
     """Vectors as the index holds them (unit length for cosine), ALIGN-byte aligned."""
     if metric == "cosine":
         with np.errstate(over="ignore", under="ignore"):  # squares beyond float32 either way: handled below
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            norms = _norms(x)
         # Finite values whose squares overflow (1e20) or all underflow (1e-30) gave a norm of inf,
         # hence a zero vector, or of 0, hence "a zero vector" refused: such rows are scaled to a
         # largest magnitude of 1 first, and only a row of zeros is left with a norm of 0.
@@ -91,7 +93,7 @@ def normalised(x: np.ndarray, metric: str) -> np.ndarray:
             x = np.array(x, dtype=np.result_type(x.dtype, np.float32))
             peak = np.abs(x[odd]).max(axis=1, keepdims=True)
             x[odd] /= np.where(peak > 0, peak, 1)
-            norms[odd] = np.linalg.norm(x[odd], axis=1, keepdims=True)
+            norms[odd] = _norms(x[odd])
         if (norms == 0).any():
             raise InvalidInput(f"row {int(np.flatnonzero(norms == 0)[0])} is a zero vector: "
                                "it has no cosine similarity")
@@ -99,6 +101,13 @@ def normalised(x: np.ndarray, metric: str) -> np.ndarray:
         np.divide(x, norms, out=out)
         return out
     return _aligned(x)
+
+
+def _norms(x: np.ndarray) -> np.ndarray:
+    """Each row's length, (n, 1): by einsum, which sums each row's squares without the (n, dim)
+    array of squares np.linalg.norm makes (fresh pages a batch of 1,000 paid 0.4 ms for). The
+    same sum for a row alone as within a batch: ``one_vector`` gives search_batch's unit vector."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
 
 
 def one_vector(q: Any, dim: int, metric: str) -> np.ndarray | None:
@@ -112,11 +121,11 @@ def one_vector(q: Any, dim: int, metric: str) -> np.ndarray | None:
         return None
     if metric != "cosine":
         return _aligned(q[None, :])
-    squares = np.add.reduce(q * q)  # as np.linalg.norm sums a row, so the same unit vector as search_batch's
-    if not squares > 0:
+    norm = _norms(q[None, :])[0, 0]  # as normalised sums a row, so the same unit vector as search_batch's
+    if not norm > 0:
         return None
     out = aligned_empty((1, dim))
-    np.divide(q, np.sqrt(squares), out=out[0])
+    np.divide(q, norm, out=out[0])
     return out
 
 

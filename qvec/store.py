@@ -348,7 +348,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
             xq = self._embed(queries) if self.settings else np.zeros((len(queries), 1), np.float32)  # lock-free
         else:
-            xq = inputs.as_matrix(queries, self.settings.dim if self.settings else None, "queries")
+            xq = inputs.as_matrix(queries, self.settings.dim if self.settings else None, "queries", copy=False)
         with holding(self, "shared"):
             allowed = None if where is None else self.catalog.where_fids(where)  # checks it on an empty store too
             if self.settings is None or (allowed is not None and not len(allowed)):

@@ -123,6 +123,7 @@ def _answers(hits):
     return [(h.id, h.score) for h in hits]
 
 
+@pytest.mark.filterwarnings("ignore:training")
 @pytest.mark.parametrize("quantization,index,metric,rescore", [
     ("int8", "flat", "cosine", False), ("fp32", "hnsw16", "l2", False), ("pq4", "ivf8", "ip", True),
     ("int8", "hnsw16", "cosine", True)])
@@ -200,6 +201,31 @@ def test_queries_reach_faiss_on_a_64_byte_boundary(metric):
         assert batch.ctypes.data % ALIGN == 0 and one.ctypes.data % ALIGN == 0
         assert batch.flags.c_contiguous and batch.dtype == np.float32
         assert np.array_equal(one[0], batch[3])
+
+
+@pytest.mark.filterwarnings("ignore:training")
+@pytest.mark.parametrize("quantization,index,metric,rescore", [
+    ("fp32", "hnsw16", "l2", False), ("int8", "ivf4", "ip", True), ("int8", "flat", "cosine", False)])
+def test_a_batch_searches_the_callers_float32_queries_uncopied_and_leaves_them_as_they_were(
+        tmp_path, corpus, quantization, index, metric, rescore):
+    """search_batch reads a float32 C-contiguous query array where it lies (``as_matrix(copy=False)``):
+    FAISS, the folded IVF scan, the decoded blocks and the re-rank only read it. The caller's array
+    comes back bit for bit, and the hits are those of the same queries handed over as float64."""
+    _, xb, _, xq = corpus
+    xq = np.vstack([xq, xq[::-1]])  # past DECODED_SEARCH_MIN_QUERIES: int8/flat decodes blocks
+    buf = np.empty(xq.size + 16, np.float32)  # on a 64-byte boundary: l2 and ip pass it to FAISS as it is
+    start = (-buf.ctypes.data % inputs.ALIGN) // 4
+    queries = buf[start : start + xq.size].reshape(xq.shape)
+    queries[...] = xq * 3  # not unit length: cosine must normalise a copy
+    before = queries.copy()
+    with qvec.open(tmp_path / "s.qvec", quantization=quantization, index=index, metric=metric, rescore=rescore) as s:
+        s.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
+        s.train()
+        got = s.search_batch(queries, 10, include=())
+        want = s.search_batch(queries.astype(np.float64), 10, include=())
+    assert np.array_equal(queries, before)
+    assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]
+    assert [[h.score for h in r] for r in got] == [[h.score for h in r] for r in want]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
