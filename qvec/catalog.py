@@ -3,17 +3,20 @@ vectors not yet in the saved index, and tombstones. The catalog owns transaction
 snapshots: a write is one ``transaction()``; a reader ``hold_snapshot()``s one read
 transaction and sees exactly that state, whatever writers commit, until it lets go.
 
-Tables (format 2)
+Tables (format 3)
 - ``state(key, value)``: JSON values: the format version, the store's ``config`` (its
   ``Settings``), the next fid, and the saved index file's name, size and checksum.
-- ``items(fid, id, text, metadata)``: fid is the FAISS id; id the user's string id.
+- ``items(fid, id, text, metadata, own_vector)``: fid is the FAISS id; id the user's string
+  id; own_vector 1 where the caller gave the row's vector (so its text, if any, is not what
+  it was embedded from), 0 where qvec embedded the text, NULL for rows stored before format 3.
 - ``meta_kv(key, type, value, fid)``: the rows' metadata as filter entries
   (``filters.index_entries``), so filters are index look-ups, not JSON scans.
 - ``vector_log(seq, op, fid, vector)``: adds and deletes since the index was last saved.
 - ``tombstones(fid)``: deleted fids still inside an HNSW graph.
 
 Format 1 called ``state`` ``settings`` (with the config under the key ``settings``) and
-``vector_log`` ``wal``, beside SQLite's own WAL; ``migrate()`` renames them.
+``vector_log`` ``wal``, beside SQLite's own WAL; ``migrate()`` renames them. Format 2 had no
+``own_vector``: ``migrate()`` adds it, NULL for the rows already stored.
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ from .inputs import id_list
 
 __all__ = ["Catalog", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ID_MAP_BLOCK = 65_536  # rows fetched at a time to build the fid -> id map
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
-    fid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, metadata TEXT);
+    fid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, metadata TEXT, own_vector INTEGER);
 CREATE TABLE IF NOT EXISTS meta_kv (
     key TEXT NOT NULL, type TEXT NOT NULL, value, fid INTEGER NOT NULL,
     PRIMARY KEY (key, type, value, fid)) WITHOUT ROWID;
@@ -156,13 +159,18 @@ class Catalog:
             self.create_fts()
 
     def migrate(self) -> None:
-        """Format 1 → 2, in one transaction: tables renamed to say what they hold."""
+        """To this format, in one transaction. 1 → 2: tables renamed to say what they hold.
+        2 → 3: ``items.own_vector``, unknown (NULL) for the rows already stored: ``retrain()``
+        without originals embeds their texts again, as it did."""
         with self.transaction():
             if self.format_version() == 1:
                 self.conn.execute("ALTER TABLE settings RENAME TO state")
                 self.conn.execute("ALTER TABLE wal RENAME TO vector_log")
                 self.conn.execute("UPDATE state SET key = 'config' WHERE key = 'settings'")
                 self.put_state({"format_version": 2, "store_id": uuid.uuid4().hex})
+            if self.format_version() == 2:
+                self.conn.execute("ALTER TABLE items ADD COLUMN own_vector INTEGER")
+                self.put_state({"format_version": 3})
 
     # -- transactions and snapshots ----------------------------------------------------
     @contextmanager
@@ -259,10 +267,12 @@ class Catalog:
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
 
-    def insert(self, fids: Iterable[int], ids: list[str], texts: list, metas: list[str | None]) -> None:
+    def insert(self, fids: Iterable[int], ids: list[str], texts: list, metas: list[str | None],
+               own: list[bool]) -> None:
+        """Rows; ``own``: per row, whether the caller gave its vector (not embedded from its text)."""
         fids = [int(f) for f in fids]
-        self.conn.executemany("INSERT INTO items (fid, id, text, metadata) VALUES (?, ?, ?, ?)",
-                              zip(fids, ids, texts, metas))
+        self.conn.executemany("INSERT INTO items (fid, id, text, metadata, own_vector) VALUES (?, ?, ?, ?, ?)",
+                              zip(fids, ids, texts, metas, map(int, own)))
         kv = [(key, t, v, fid) for fid, m in zip(fids, metas) if m is not None
               for key, t, v in index_entries(json.loads(m))]
         self.conn.executemany("INSERT OR IGNORE INTO meta_kv (key, type, value, fid) VALUES (?, ?, ?, ?)", kv)
@@ -338,8 +348,17 @@ class Catalog:
     def all_fids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.conn.execute("SELECT fid FROM items ORDER BY fid")), dtype=np.int64)
 
-    def count_without_text(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM items WHERE text IS NULL").fetchone()[0]
+    def not_from_texts(self) -> str | None:
+        """Why the rows' vectors cannot all be had again by embedding their texts, or None:
+        rows without a text, or rows holding the vector the caller gave with their text (its
+        text embedded again would silently take that vector's place)."""
+        missing, own = self.conn.execute("SELECT count(*) FILTER (WHERE text IS NULL), count(*) FILTER "
+                                         "(WHERE text IS NOT NULL AND own_vector = 1) FROM items").fetchone()
+        if missing:
+            return f"{missing} row(s) have no text to embed again"
+        if own:
+            return f"{own} row(s) hold the vectors they were added with, which their texts embedded again would replace"
+        return None
 
     def texts(self, fids: np.ndarray) -> list[str | None]:
         """The stored texts of fids, in order."""

@@ -301,10 +301,11 @@ class Journal:
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, settings: Settings, texts: list | None, x: np.ndarray, ids: list[str], metas: list,
-              replaced: np.ndarray) -> np.ndarray:
+              replaced: np.ndarray, own: list[bool]) -> np.ndarray:
         """One batch, atomically: originals first (rows past the last commit are overwritten by
         the next add), then one transaction for rows, log and state, then the index in RAM.
-        The first batch of a new store fixes its ``settings`` in the same transaction."""
+        The first batch of a new store fixes its ``settings`` in the same transaction. ``own``:
+        per row, whether the caller gave its vector."""
         first_batch = self.settings is None
         n, first = len(ids), self.state["next_fid"]
         fids = np.arange(first, first + n, dtype=np.int64)
@@ -317,7 +318,7 @@ class Journal:
             if first_batch:
                 self.catalog.put_state({"config": settings.to_json()})
             self._log_delete(index, replaced)
-            self.catalog.insert(fids, ids, texts if texts is not None else [None] * n, metas)
+            self.catalog.insert(fids, ids, texts if texts is not None else [None] * n, metas, own)
             self.catalog.log("add", fids, x)
             self.catalog.put_state({"next_fid": first + n})
         self.settings, self.index = settings, index

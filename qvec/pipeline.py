@@ -82,16 +82,16 @@ def run(batches: Iterable[Any], prepare: Callable[[Any], Any], write: Callable[[
         raise failed[0]
 
 
-def ingest(rows: Iterable[tuple], *, batch_size: int, prepare: Callable[[list, list, list, Any], Any],
+def ingest(rows: Iterable[tuple], *, batch_size: int, prepare: Callable[[list, Any, list, list, Any], Any],
            write: Callable[[Any], Any], embed: Callable[[list[str]], Any] | None = None,
            existing: Callable[[list[str]], set[str]] | None = None,
            on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
     """``(id, text, metadata)`` or ``(id, text, metadata, vector)`` rows in batches through
-    ``prepare(texts, ids, metadatas, vectors)`` (check and embed; ``vectors`` None when no row
-    has its own, else one per row, a batch's missing ones made by ``embed``) and ``write``
-    (commit), pipelined. With ``existing``, rows whose id it reports stored, or that came
-    earlier in the stream, are skipped. ``on_batch(read, added)`` follows each batch's write.
-    Returns (added, skipped)."""
+    ``prepare(texts, vectors, ids, metadatas, own)`` (check and embed; ``vectors`` None when no
+    row has its own, else one per row, a batch's missing ones made by ``embed``; ``own`` which
+    rows brought theirs, None when none did) and ``write`` (commit), pipelined. With
+    ``existing``, rows whose id it reports stored, or that came earlier in the stream, are
+    skipped. ``on_batch(read, added)`` follows each batch's write. Returns (added, skipped)."""
     queued: set[str] = set()  # ids read but maybe not yet written: a repeat is skipped, not re-added
     counts = [0, 0]  # added, skipped
 
@@ -109,8 +109,8 @@ def ingest(rows: Iterable[tuple], *, batch_size: int, prepare: Callable[[list, l
         if not batch:
             return n_read, None
         texts = [r[1] for r in batch]
-        return n_read, prepare(texts, [r[0] for r in batch], [r[2] or {} for r in batch],
-                               own_vectors(batch, texts, embed))
+        vectors, own = own_vectors(batch, texts, embed)
+        return n_read, prepare(texts, vectors, [r[0] for r in batch], [r[2] or {} for r in batch], own)
 
     def write_batch(item):
         n_read, batch = item
@@ -126,20 +126,22 @@ def ingest(rows: Iterable[tuple], *, batch_size: int, prepare: Callable[[list, l
 
 
 def own_vectors(batch: list[tuple], texts: list[str], embed: Callable[[list[str]], Any] | None):
-    """A batch's vectors when some of its rows bring their own (the rest embedded, so that one
-    record without a vector does not send the whole batch through the model), else None."""
+    """(a batch's vectors, which rows brought them) when some of its rows bring their own (the
+    rest embedded, so that one record without a vector does not send the whole batch through
+    the model), else (None, None)."""
     given = [r[3] if len(r) > 3 else None for r in batch]
     missing = [i for i, v in enumerate(given) if v is None]
     if len(missing) == len(given):
-        return None
+        return None, None
+    own = [v is not None for v in given]
     if missing:
         if embed is None:
             raise TypeError("own_vectors: rows without vectors need an embed function")
         made = embed([texts[i] for i in missing])
-        own = len(next(v for v in given if v is not None))
-        if made.shape[1] != own:
-            raise DimensionMismatch(f"the rows' own vectors are {own}-dim and the model embeds the rest at "
+        dim = len(next(v for v in given if v is not None))
+        if made.shape[1] != dim:
+            raise DimensionMismatch(f"the rows' own vectors are {dim}-dim and the model embeds the rest at "
                                     f"{made.shape[1]}-dim: give every row a vector from that model, or none")
         for i, v in zip(missing, made):
             given[i] = v
-    return given
+    return given, own

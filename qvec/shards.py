@@ -305,8 +305,8 @@ class ShardedStore:
                 batch = [r for r in batch if r[0] not in have and r[0] not in queued and not queued.add(r[0])]
             if batch:
                 texts = [r[1] for r in batch]
-                self._write(texts, own_vectors(batch, texts, self._embed), [r[0] for r in batch],
-                            [r[2] or {} for r in batch], upsert=upsert)
+                vectors, _ = own_vectors(batch, texts, self._embed)
+                self._write(texts, vectors, [r[0] for r in batch], [r[2] or {} for r in batch], upsert=upsert)
             added, skipped = added + len(batch), skipped + n_read - len(batch)
             if on_batch:
                 on_batch(n_read, len(batch))

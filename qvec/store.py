@@ -164,11 +164,11 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         return self._write(texts, vectors, ids, metadata, upsert=True)
 
     def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
-        return self._commit(self._prepare(texts, vectors, ids, metadata, upsert), upsert)
+        return self._commit(self._prepare(texts, vectors, ids, metadata, upsert=upsert), upsert)
 
-    def _prepare(self, texts, vectors, ids, metadata, upsert: bool):
-        """Check one batch before any work is spent on it, then embed its texts outside the
-        lock (searches go on while the model runs): (texts, vectors, ids, metadata JSON)."""
+    def _prepare(self, texts, vectors, ids, metadata, own: list[bool] | None = None, *, upsert: bool):
+        """Check one batch before any work is spent on it, then embed its texts outside the lock
+        (searches go on): (texts, vectors, ids, metadata JSON, ``own``: each row's vector the caller's?)."""
         self._writable()
         with holding(self, "shared"):  # its id check reads SQLite: not in the middle of another thread's write
             s = self.settings
@@ -178,7 +178,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
                 s.check_embedding_precision(self.model_precision, self.path)
             if not upsert:
                 self.catalog.refuse_existing(ids)  # before embedding: a duplicate should not cost the model's time
-        return texts, x if x is not None else self._embed(texts), ids, metas
+        return texts, x if x is not None else self._embed(texts), ids, metas, own or [x is not None] * len(ids)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -186,7 +186,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
 
     @writes
     def _commit(self, batch, upsert: bool) -> list[str]:
-        texts, x, ids, metas = batch
+        texts, x, ids, metas, own = batch
         # checked again under the write lock: another thread may have added these ids since _prepare
         if not upsert:
             self.catalog.refuse_existing(ids)
@@ -195,7 +195,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         if x.shape[1] != s.dim:
             raise DimensionMismatch(f"store holds {s.dim}-dim vectors, got {x.shape[1]}")
         replaced = np.fromiter(existing.values(), dtype=np.int64, count=len(existing))
-        self.journal.write(s, texts, inputs.normalised(x, s.metric), ids, metas, replaced)
+        self.journal.write(s, texts, inputs.normalised(x, s.metric), ids, metas, replaced, own)
         try:
             self._maintain()
         except StorageError as e:  # the batch is committed (in the log): saving the index can wait
@@ -223,7 +223,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         self._writable()
         return pipeline.ingest(rows, batch_size=batch_size, on_batch=on_batch,
                                existing=self.existing if skip_existing and not upsert else None,
-                               prepare=lambda texts, ids, metas, x: self._prepare(texts, x, ids, metas, upsert),
+                               prepare=lambda *batch: self._prepare(*batch, upsert=upsert),
                                write=lambda batch: self._commit(batch, upsert), embed=self._embed)
 
     # -- training and saving --------------------------------------------------------------------
@@ -266,8 +266,8 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
     def retrain(self) -> None:
         """Learn the codes again from every stored vector and re-encode the store, atomically:
         the new index replaces the old in one commit, and a crash before it leaves the old
-        codes. Vectors come from the originals (rescore=True), else from the stored texts
-        embedded again with the store's model; an untrained store trains on what it holds."""
+        codes. Vectors come from the originals (rescore=True), else from the stored texts embedded
+        again (refused for rows with none, or with the caller's vector); untrained: what it holds."""
         self._writable()
         if self.settings is None or not self.settings.needs_training:
             return  # nothing stored, or nothing to learn
@@ -280,10 +280,10 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         s = self.settings
         if s.rescore or not self.is_trained:  # the originals, or the exact vectors waiting for training
             return self.journal.stored_vectors
-        missing = self.catalog.count_without_text()
-        if missing:
-            raise NotTrained(f"{self.path} keeps no originals (rescore=False) and {missing} row(s) have no text to "
-                             "embed again: rebuild the store from your vectors, with rescore=True to allow retraining")
+        why = self.catalog.not_from_texts()
+        if why:
+            raise NotTrained(f"{self.path} keeps no originals (rescore=False) and {why}: rebuild the store from your "
+                             "vectors, with rescore=True to allow retraining")
         s.check_embedding_precision(self.model_precision, self.path)
         return lambda f: inputs.normalised(self._embed(self.catalog.texts(f)), s.metric)
 

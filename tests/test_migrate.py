@@ -41,7 +41,7 @@ def test_int8_store_with_an_unsaved_log_migrates_and_keeps_everything(tmp_path):
         assert tables(path) >= {"state", "vector_log", "items", "meta_kv", "tombstones"}
         assert not {"settings", "wal"} & tables(path)
         st = s.stats()
-        assert st.format_version == 2 and st.quantization == "int8" and st.rescore and st.trained
+        assert st.format_version == 3 and st.quantization == "int8" and st.rescore and st.trained
         assert st.log_rows == 104  # 100 adds, 2 deletes, the upsert's delete and add: replayed, not lost
         expect = [f"r{i}" for i in range(1300) if i not in (3, 1250)]
         assert sorted(s.ids()) == sorted(expect) and len(s) == 1298
@@ -88,3 +88,37 @@ def test_a_reader_of_old_originals_reads_them_unchecked_and_writes_nothing(tmp_p
         np.testing.assert_allclose(s.vectors(["r1299"]), unit(X[1299:1300]), atol=1e-6)
         assert s.search(X[1280], 1)[0].id == "r1280"
     assert not (path / "originals.f32.sum").exists()
+
+
+def test_a_format_2_store_gains_the_own_vector_mark_and_retrains_from_its_texts_as_before(tmp_path):
+    """Format 3 records per row whether the caller gave its vector. A format-2 store (this
+    schema without the column) is migrated on open with the mark unknown for its rows, which
+    retrain() embeds again as format 2 did; rows added from then on are marked."""
+    path = tmp_path / "s"
+    texts = [f"text {i}" for i in range(600)]
+    with qvec.open(path, quantization="int8", embedder=_Fixed()) as s:
+        s.add(texts[:500], vectors=_Fixed().embed([t + "!" for t in texts[:500]]), ids=[str(i) for i in range(500)])
+    with sqlite3.connect(path / "qvec.sqlite") as c:  # as format 2 wrote it
+        c.execute("ALTER TABLE items DROP COLUMN own_vector")
+        c.execute("UPDATE state SET value = '2' WHERE key = 'format_version'")
+    with qvec.open(path, embedder=_Fixed()) as s:
+        assert s.stats().format_version == 3
+        s.retrain()  # unknown marks: the texts embedded again, as before
+        s.add(texts[500:], vectors=_Fixed().embed(texts[500:]), ids=[str(i) for i in range(500, 600)])
+        with pytest.raises(qvec.NotTrained, match="100 row\\(s\\) hold the vectors they were added with"):
+            s.retrain()
+    with sqlite3.connect(path / "qvec.sqlite") as c:
+        marks = dict(c.execute("SELECT coalesce(own_vector, -1), count(*) FROM items GROUP BY 1").fetchall())
+    assert marks == {-1: 500, 1: 100}
+
+
+class _Fixed:
+    """A stand-in model: each text's vector seeded by its CRC32 (no torch)."""
+
+    name, dim, precision, truncated, window = "fixed", 16, "fp32", 0, None
+
+    def embed(self, texts, *, show_progress=False):
+        import zlib
+
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts]
+                        ).astype(np.float32)

@@ -191,6 +191,35 @@ def test_retrain_refuses_a_store_with_nothing_to_learn_from(tmp_path, corpus):
     s.close()
 
 
+def test_retrain_without_originals_refuses_to_replace_vectors_given_with_their_texts(tmp_path):
+    """Rows added as texts with their own vectors keep those vectors. retrain() without
+    originals embeds the stored texts again: it used to put the model's vectors in their
+    place, silently. Each row records whether its vector was the caller's (add, and ingest
+    row by row), through deletes, an upsert and a compaction that renumbers the rows."""
+    emb = _Fixed()
+    texts = [f"document number {i}" for i in range(1200)]
+    given = emb.embed([f"another text {i}" for i in range(40)])  # not what the texts embed to
+    s = badly_trained(tmp_path / "s", emb.embed(["seed"]), embedder=emb)
+    s.add(texts[:1000], ids=[str(i) for i in range(1000)])
+    s.add(texts[1000:1040], vectors=given, ids=[str(i) for i in range(1000, 1040)])
+    own_rows = [i for i in range(1040, 1200) if i % 4 == 0]
+    s.ingest([(str(i), texts[i], {}) + ((emb.embed([f"other {i}"])[0],) if i in own_rows else ())
+              for i in range(1040, 1200)], batch_size=64)
+    s.delete([str(i) for i in range(300)])
+    s.checkpoint(compact=True)  # renumbers the rows: each keeps its mark
+    assert s.stats().dead_ids == 0
+    found = [h[0].id for h in s.search_batch(given, 1, include=())]
+    with pytest.raises(qvec.NotTrained, match="keeps no originals .* 80 row\\(s\\) hold the vectors they were added"):
+        s.retrain()
+    assert [h[0].id for h in s.search_batch(given, 1, include=())] == found  # nothing changed
+    s.delete([str(i) for i in range(1000, 1040)] + [str(i) for i in own_rows[1:]])
+    s.upsert(texts[own_rows[0]], ids=str(own_rows[0]))  # embedded from its text now
+    s.retrain()  # every row's vector is its text's embedding: nothing given is lost
+    x = emb.embed(texts[300:1000])
+    assert [h[0].id for h in s.search_batch(x, 1, include=())] == [str(i) for i in range(300, 1000)]
+    s.close()
+
+
 def test_qvec_retrain_command(tmp_path, corpus):
     xb, xq = corpus[1], corpus[3]
     with badly_trained(tmp_path / "s", xb, rescore=True) as s:
