@@ -168,7 +168,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
 
     def _prepare(self, texts, vectors, ids, metadata, own: list[bool] | None = None, *, upsert: bool):
         """Check one batch before any work is spent on it, then embed its texts outside the lock
-        (searches go on): (texts, vectors, ids, metadata JSON, ``own``: each row's vector the caller's?)."""
+        (searches go on): (texts, vectors, ids, metadata JSON, ``own``: per row, the caller's vector?)."""
         self._writable()
         with holding(self, "shared"):  # its id check reads SQLite: not in the middle of another thread's write
             s = self.settings
