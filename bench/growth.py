@@ -157,47 +157,50 @@ def streaming(sizes: list[int]) -> None:
     xb_real, xq = np.load(DATA / "xb.npy"), np.load(DATA / "xq.npy")
     records = []
     work = Path(tempfile.mkdtemp(prefix="qvec-growth-", dir=HERE / "data"))
-    for n in sizes:
-        chunks = range(-(-n // STREAM_CHUNK))
-        t = time.perf_counter()
-        D = np.full((len(xq), GT_K), -np.inf, np.float32)
-        I = np.full((len(xq), GT_K), -1, np.int64)
-        sample = []
-        for c in chunks:  # exact top-k merged chunk by chunk, and a training sample taken on the way
-            x = chunk(xb_real, c)[: n - c * STREAM_CHUNK]
-            Dc, Ic = faiss.knn(xq, x, GT_K, metric=faiss.METRIC_INNER_PRODUCT)
-            D, I = np.hstack([D, Dc]), np.hstack([I, Ic + c * STREAM_CHUNK])
-            top = np.argsort(-D, axis=1, kind="stable")[:, :GT_K]
-            D, I = np.take_along_axis(D, top, 1), np.take_along_axis(I, top, 1)
-            sample.append(x[np.random.default_rng(c).choice(len(x), min(len(x), 200_000 // len(chunks) + 1),
-                                                            replace=False)])
-        gt_s = time.perf_counter() - t
-        np.save(work / "xq.npy", xq)
-        np.save(work / "gt.npy", I)
-        np.save(work / "gt_scores.npy", D)
-
-        path = work / f"s{n}.qvec"
-        t = time.perf_counter()
-        with qvec.open(path, **STREAM_SPEC) as store:
-            store.train(vectors=np.concatenate(sample)[:200_000])
-            train_s = time.perf_counter() - t
-            for c in chunks:
+    try:  # the work directory (queries, ground truth, the store being built) goes, whatever happens
+        for n in sizes:
+            chunks = range(-(-n // STREAM_CHUNK))
+            t = time.perf_counter()
+            D = np.full((len(xq), GT_K), -np.inf, np.float32)
+            I = np.full((len(xq), GT_K), -1, np.int64)
+            sample = []
+            for c in chunks:  # exact top-k merged chunk by chunk, and a training sample taken on the way
                 x = chunk(xb_real, c)[: n - c * STREAM_CHUNK]
-                store.add(vectors=x, ids=[str(i) for i in range(c * STREAM_CHUNK, c * STREAM_CHUNK + len(x))])
-                print(f"{n}: {c * STREAM_CHUNK + len(x):,} added, {time.perf_counter() - t:.0f}s", flush=True)
-            peak_build = rss_anon_mb()
-        build_s = time.perf_counter() - t
-        served = work / "served.json"
-        subprocess.run([sys.executable, __file__, "--serve", str(path), str(work / "xq.npy"), str(work / "gt.npy"),
-                        str(served)], check=True)
-        r = json.loads(served.read_text()) | {
-            "count": n, "config": "/".join(f"{k}={v}" for k, v in STREAM_SPEC.items()),
-            "data": "100K real + " + f"{(n - len(xb_real)) // 1000:,}K synthetic", "build_s": round(build_s, 1),
-            "train_s": round(train_s, 1), "exact_gt_s": round(gt_s, 1), "build_rss_anon_mb": peak_build}
-        print(json.dumps(r), flush=True)
-        records.append(r)
-        shutil.rmtree(path)
-        write_streaming(records, len(xq))  # after each size: a later one that fails keeps the earlier
+                Dc, Ic = faiss.knn(xq, x, GT_K, metric=faiss.METRIC_INNER_PRODUCT)
+                D, I = np.hstack([D, Dc]), np.hstack([I, Ic + c * STREAM_CHUNK])
+                top = np.argsort(-D, axis=1, kind="stable")[:, :GT_K]
+                D, I = np.take_along_axis(D, top, 1), np.take_along_axis(I, top, 1)
+                sample.append(x[np.random.default_rng(c).choice(len(x), min(len(x), 200_000 // len(chunks) + 1),
+                                                                replace=False)])
+            gt_s = time.perf_counter() - t
+            np.save(work / "xq.npy", xq)
+            np.save(work / "gt.npy", I)
+            np.save(work / "gt_scores.npy", D)
+
+            path = work / f"s{n}.qvec"
+            t = time.perf_counter()
+            with qvec.open(path, **STREAM_SPEC) as store:
+                store.train(vectors=np.concatenate(sample)[:200_000])
+                train_s = time.perf_counter() - t
+                for c in chunks:
+                    x = chunk(xb_real, c)[: n - c * STREAM_CHUNK]
+                    store.add(vectors=x, ids=[str(i) for i in range(c * STREAM_CHUNK, c * STREAM_CHUNK + len(x))])
+                    print(f"{n}: {c * STREAM_CHUNK + len(x):,} added, {time.perf_counter() - t:.0f}s", flush=True)
+                peak_build = rss_anon_mb()
+            build_s = time.perf_counter() - t
+            served = work / "served.json"
+            subprocess.run([sys.executable, __file__, "--serve", str(path), str(work / "xq.npy"), str(work / "gt.npy"),
+                            str(served)], check=True)
+            r = json.loads(served.read_text()) | {
+                "count": n, "config": "/".join(f"{k}={v}" for k, v in STREAM_SPEC.items()),
+                "data": "100K real + " + f"{(n - len(xb_real)) // 1000:,}K synthetic", "build_s": round(build_s, 1),
+                "train_s": round(train_s, 1), "exact_gt_s": round(gt_s, 1), "build_rss_anon_mb": peak_build}
+            print(json.dumps(r), flush=True)
+            records.append(r)
+            shutil.rmtree(path)
+            write_streaming(records, len(xq))  # after each size: a later one that fails keeps the earlier
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_streaming(records: list[dict], n_queries: int) -> None:
