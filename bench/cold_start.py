@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def main() -> None:
         rows.append({"command": f"qvec search STORE TEXT ({precision} model)",
                      **timed(["search", str(path), "a fortune about computers and luck", "-k", "3"])})
     rows.append({"command": "qvec info STORE", **timed(["info", str(path)])})
+    shutil.rmtree(tmp, ignore_errors=True)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": RUNS, "rows": rows}
     (RESULTS / "cold_start.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]

@@ -11,6 +11,7 @@ Uses only the public API (qvec.open, add, train, search_batch, stats), plus FAIS
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ def run_config(xb, xq, gt, meta, quantization, index, rescore=False, **params):
     filt_s, fres = min((one_by_one({"bucket": 3}) for _ in range(2)), key=lambda r: r[0])
     filt_ok = all(len(r) == 10 and all(int(h.id) % 10 == 3 for h in r) for r in fres)
     store.close()
+    shutil.rmtree(path.parent, ignore_errors=True)
     return {
         "quantization": quantization,
         "index": index,

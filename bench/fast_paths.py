@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import statistics
 import tempfile
 import time
@@ -148,6 +149,9 @@ def main() -> None:
          "filtered": filtered(flat, xb, xq),
          "single": loaded_single_queries({"int8/hnsw32": hnsw, "int8/flat": flat}, xq[:200]),
          "stats": stats_cost(flat)}
+    flat.close()
+    hnsw.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(r))

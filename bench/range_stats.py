@@ -28,7 +28,7 @@ def main():
     records = []
     for q in ("int8", "int4"):
         for stat in RANGE_STATS:
-            with qvec.open(Path(tempfile.mkdtemp()) / "s", quantization=q, range_stat=stat) as s:
+            with tempfile.TemporaryDirectory() as d, qvec.open(Path(d) / "s", quantization=q, range_stat=stat) as s:
                 s.add(vectors=xb, ids=[str(i) for i in range(len(xb))])
                 s.train()
                 I = result_rows(s.search_batch(xq, 100, include=()), 100)
