@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 SIDE = r'''
-import json, sys, tempfile, time
+import json, shutil, sys, tempfile, time
 import numpy as np
 import qvec
 
@@ -26,7 +27,8 @@ x, xq = np.load(sys.argv[1]), np.load(sys.argv[2])
 out = {}
 for q, ix, rescore, params in [("int8", "flat", False, {}), ("pq48", "flat", True, {}), ("int8", "hnsw32", False, {}),
                                ("int8", "ivf64", False, {"nprobe": 8}), ("binary", "flat", True, {"oversample": 8})]:
-    s = qvec.open(tempfile.mkdtemp() + "/s", quantization=q, index=ix, rescore=rescore)
+    d = tempfile.mkdtemp()
+    s = qvec.open(d + "/s", quantization=q, index=ix, rescore=rescore)
     s.add(vectors=x, ids=[str(i) for i in range(len(x))], metadata=[{"g": i % 10} for i in range(len(x))])
     s.train()
 
@@ -46,6 +48,7 @@ for q, ix, rescore, params in [("int8", "flat", False, {}), ("pq48", "flat", Tru
                                                               for v in xq[:200]], 200), 3),
     }
     s.close()
+    shutil.rmtree(d)
 print(json.dumps(out))
 '''
 
@@ -75,6 +78,7 @@ def main():
             r = subprocess.run([sys.executable, "-c", SIDE, str(data / "x.npy"), str(data / "q.npy")], env=env,
                                capture_output=True, text=True, check=True)
             runs[side].append(json.loads(r.stdout))
+    shutil.rmtree(data, ignore_errors=True)
     speed = ("q/s",)
     def commit(src):
         r = subprocess.run(["git", "-C", src, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
