@@ -2,11 +2,11 @@
 `qvec build` uses (reading, embedding and writing overlap; each batch one transaction)."""
 
 import json
-import zlib
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from stand_ins import FixedEmbedder
 
 import qvec
 from qvec.cli import main
@@ -125,20 +125,10 @@ def test_cli_builds_and_searches_with_the_int8_model(tmp_path, corpus, int8_mode
     assert json.loads(r.output)["id"] == "d.txt:4", r.output
 
 
-class Fixed:
-    """A stand-in model: texts map to fixed vectors, so the pipeline is tested without torch."""
-
-    name, dim, precision, truncated, window = "fixed", 8, "fp32", 0, None
-
-    def embed(self, texts, *, show_progress=False):
-        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]  # seeded by the text
-        return np.stack(rows).astype(np.float32)
-
-
 def test_ingest_commits_batches_in_order_and_skips_what_is_stored(tmp_path):
     rows = [(f"r{i}", f"text {i}", {"i": i}) for i in range(1000)]
     seen = []
-    with qvec.open(tmp_path / "s", embedder=Fixed(), quantization="fp32") as s:
+    with qvec.open(tmp_path / "s", embedder=FixedEmbedder(8), quantization="fp32") as s:
         assert s.ingest(rows[:300], batch_size=64) == (300, 0)
         # a rerun over everything adds only what is new; a repeat inside the stream is skipped too
         added, skipped = s.ingest(rows + rows[990:], batch_size=64, skip_existing=True,
@@ -146,7 +136,7 @@ def test_ingest_commits_batches_in_order_and_skips_what_is_stored(tmp_path):
         assert (added, skipped) == (700, 310)
         assert sum(n for n, _ in seen) == 1010 and sum(a for _, a in seen) == 700
         assert len(s) == 1000 and s.get("r999").metadata == {"i": 999}
-        assert s.search(Fixed().embed(["text 500"])[0], 1)[0].id == "r500"
+        assert s.search(FixedEmbedder(8).embed(["text 500"])[0], 1)[0].id == "r500"
 
 
 def test_ingest_failures_keep_the_batches_before_them(tmp_path):
@@ -156,7 +146,7 @@ def test_ingest_failures_keep_the_batches_before_them(tmp_path):
                 raise ValueError("input line 300 is broken")
             yield f"r{i}", f"text {i}", None
 
-    with qvec.open(tmp_path / "s", embedder=Fixed(), quantization="fp32") as s:
+    with qvec.open(tmp_path / "s", embedder=FixedEmbedder(8), quantization="fp32") as s:
         with pytest.raises(ValueError, match="line 300"):
             s.ingest(rows(), batch_size=100)
         assert len(s) == 300  # batches 0-2 committed whole

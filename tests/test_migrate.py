@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stand_ins import FixedEmbedder
 
 import qvec
 from qvec.journal import WriterLock
@@ -95,30 +96,19 @@ def test_a_format_2_store_gains_the_own_vector_mark_and_retrains_from_its_texts_
     schema without the column) is migrated on open with the mark unknown for its rows, which
     retrain() embeds again as format 2 did; rows added from then on are marked."""
     path = tmp_path / "s"
-    texts = [f"text {i}" for i in range(600)]
-    with qvec.open(path, quantization="int8", embedder=_Fixed()) as s:
-        s.add(texts[:500], vectors=_Fixed().embed([t + "!" for t in texts[:500]]), ids=[str(i) for i in range(500)])
+    texts, emb = [f"text {i}" for i in range(600)], FixedEmbedder()
+    with qvec.open(path, quantization="int8", embedder=emb) as s:
+        s.add(texts[:500], vectors=emb.embed([t + "!" for t in texts[:500]]), ids=[str(i) for i in range(500)])
     with sqlite3.connect(path / "qvec.sqlite") as c:  # as format 2 wrote it
         c.execute("ALTER TABLE items DROP COLUMN own_vector")
         c.execute("UPDATE state SET value = '2' WHERE key = 'format_version'")
-    with qvec.open(path, embedder=_Fixed()) as s:
+    with qvec.open(path, embedder=emb) as s:
         assert s.stats().format_version == 3
         s.retrain()  # unknown marks: the texts embedded again, as before
-        s.add(texts[500:], vectors=_Fixed().embed(texts[500:]), ids=[str(i) for i in range(500, 600)])
+        s.add(texts[500:], vectors=emb.embed(texts[500:]), ids=[str(i) for i in range(500, 600)])
         with pytest.raises(qvec.NotTrained, match="100 row\\(s\\) hold the vectors they were added with"):
             s.retrain()
     with sqlite3.connect(path / "qvec.sqlite") as c:
         marks = dict(c.execute("SELECT coalesce(own_vector, -1), count(*) FROM items GROUP BY 1").fetchall())
     assert marks == {-1: 500, 1: 100}
 
-
-class _Fixed:
-    """A stand-in model: each text's vector seeded by its CRC32 (no torch)."""
-
-    name, dim, precision, truncated, window = "fixed", 16, "fp32", 0, None
-
-    def embed(self, texts, *, show_progress=False):
-        import zlib
-
-        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts]
-                        ).astype(np.float32)

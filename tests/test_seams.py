@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from stand_ins import FixedEmbedder
 
 import qvec
 from qvec.cli import main
@@ -95,25 +96,13 @@ def test_vectors_from_many_threads_on_every_index_kind(tmp_path, quantization, i
 # -- 3. include= in any order ---------------------------------------------------------------------
 @pytest.mark.parametrize("include", [p for n in range(3) for p in itertools.permutations(("text", "metadata"), n)])
 def test_include_fields_in_any_order(tmp_path, include):
-    with qvec.open(tmp_path / "s", quantization="fp32", embedder=_Fixed()) as s:
+    with qvec.open(tmp_path / "s", quantization="fp32", embedder=FixedEmbedder()) as s:
         s.add([f"text {i}" for i in range(50)], ids=[str(i) for i in range(50)],
               metadata=[{"n": i, "tag": ["a", "b"]} for i in range(50)])
         hits = s.search(s.vectors(["7"])[0], 3, include=include)
     assert hits[0].id == "7" and len(hits) == 3
     assert hits[0].text == ("text 7" if "text" in include else None)
     assert hits[0].metadata == ({"n": 7, "tag": ["a", "b"]} if "metadata" in include else None)
-
-
-class _Fixed:
-    """A stand-in model: each text's vector is seeded by its CRC32 (no torch, reproducible)."""
-
-    name, dim, precision, truncated, window = "fixed", 16, "fp32", 0, None
-
-    def embed(self, texts, *, show_progress=False):
-        import zlib
-
-        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts]
-                        ).astype(np.float32)
 
 
 # -- 4. codes train on enough vectors, and retrain -------------------------------------------------
@@ -164,7 +153,7 @@ def test_retrain_learns_the_codes_again(tmp_path, corpus, source):
         s.add(vectors=xb, ids=ids)
         truth, queries = exact_knn(xb, xq, 10)[1], xq
     else:
-        emb = _Fixed()
+        emb = FixedEmbedder()
         s = badly_trained(tmp_path / "s", emb.embed(["seed"]), embedder=emb)
         texts = [f"document number {i}" for i in range(len(xb))]
         s.add(texts, ids=ids)
@@ -173,11 +162,11 @@ def test_retrain_learns_the_codes_again(tmp_path, corpus, source):
         truth = exact_knn(x, queries, 10)[1]
     before = recall_at_k(rows(s.search_batch(queries, 10, include=())), truth, 10)
     with pytest.raises(qvec.NotTrained, match="already trained: use retrain()"):
-        s.train(vectors=xb[:10] if source == "originals" else _Fixed().embed(["a"]))
+        s.train(vectors=xb[:10] if source == "originals" else FixedEmbedder().embed(["a"]))
     s.retrain()
     after = recall_at_k(rows(s.search_batch(queries, 10, include=())), truth, 10)
     s.close()
-    with qvec.open(tmp_path / "s", **({} if source == "originals" else {"embedder": _Fixed()})) as s:
+    with qvec.open(tmp_path / "s", **({} if source == "originals" else {"embedder": FixedEmbedder()})) as s:
         reopened = recall_at_k(rows(s.search_batch(queries, 10, include=())), truth, 10)
     assert before < 0.5 and after >= 0.95 and reopened == after, (before, after, reopened)
 
@@ -196,7 +185,7 @@ def test_retrain_without_originals_refuses_to_replace_vectors_given_with_their_t
     originals embeds the stored texts again: it used to put the model's vectors in their
     place, silently. Each row records whether its vector was the caller's (add, and ingest
     row by row), through deletes, an upsert and a compaction that renumbers the rows."""
-    emb = _Fixed()
+    emb = FixedEmbedder()
     texts = [f"document number {i}" for i in range(1200)]
     given = emb.embed([f"another text {i}" for i in range(40)])  # not what the texts embed to
     s = badly_trained(tmp_path / "s", emb.embed(["seed"]), embedder=emb)
