@@ -21,6 +21,7 @@ Format 1 called ``state`` ``settings`` (with the config under the key ``settings
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -54,6 +55,19 @@ CREATE TABLE IF NOT EXISTS vector_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, fid INTEGER NOT NULL, vector BLOB);
 CREATE TABLE IF NOT EXISTS tombstones (fid INTEGER PRIMARY KEY);
 """
+
+@functools.cache
+def _schema_columns() -> dict[str, tuple[str, ...]]:
+    """Each table of ``_SCHEMA`` and its columns, read from the schema itself."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {t: tuple(r[1] for r in conn.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        conn.close()
+
 
 # The full-text index of items.text (qvec.hybrid): external content, so the texts are stored
 # once; triggers keep it in step inside every write's transaction. Written out rather than
@@ -150,6 +164,20 @@ class Catalog:
         if version > FORMAT_VERSION:
             raise IncompatibleStore(f"store format {version} is newer than this qvec reads ({FORMAT_VERSION}): "
                                     "upgrade qvec")
+        self._check_tables(where)
+
+    def _check_tables(self, where: str) -> None:
+        """CorruptStore unless every table of this format is there with its columns: a damaged
+        schema is named at open, not by the first write that needs the missing part."""
+        for table, columns in _schema_columns().items():
+            try:
+                have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            except sqlite3.Error as e:
+                raise CorruptStore(f"{where} is not a readable qvec database ({e})") from None
+            missing = [c for c in columns if c not in have]
+            if missing:
+                what = f"has no table {table}" if not have else f"table {table} has no column {', '.join(missing)}"
+                raise CorruptStore(f"{where} {what}: the store is damaged; restore it from a backup")
 
     def create(self) -> None:
         with self.transaction():

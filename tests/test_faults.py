@@ -135,6 +135,8 @@ def edit(path, sql, *params):
     (lambda p: edit(p, "UPDATE state SET value = '3' WHERE key = 'next_fid'"), "id counter \\(3\\) is not past"),
     (lambda p: edit(p, "INSERT INTO vector_log (op, fid) VALUES ('drop', 5)"), "vector log entry [0-9]+ \\('drop'"),
     (lambda p: edit(p, "INSERT INTO vector_log (op, fid, vector) VALUES ('add', 5000, x'00')"), "vector log entry"),
+    (lambda p: edit(p, "ALTER TABLE items DROP COLUMN own_vector"), "table items has no column own_vector: .* backup"),
+    (lambda p: edit(p, "DROP TABLE tombstones"), "has no table tombstones: .* backup"),
 ])
 def test_damaged_or_edited_database_is_corrupt_store(built, damage, message):
     path, _ = built
