@@ -7,9 +7,13 @@ On the 100K GCIDE definitions (1,000 held-out queries, k=10):
   queries, re-ranking the candidates from the fp32 originals, building the hits), each the
   best of 7, the store and FAISS taken in turn;
 - FAISS's int8/ivf1024 search of the same queries copied to 0, 16, 32 and 48 bytes past a
-  64-byte line, as a batch and one query at a time (p50 of 300, one thread).
+  64-byte line, as a batch and one query at a time (p50 of 300, one thread);
+- the IVF batches' first step alone, the coarse quantizer's search for each query's nprobe
+  lists (a matrix product with the 1,024 centroids, then the top nprobe of each row kept in a
+  heap), at nprobe 8-128, against FAISS's other way of keeping them (its reservoir, which
+  FAISS uses from k = 100 on: ``faiss.cvar.distance_compute_min_k_reservoir``).
 
-    python bench/prepare.py gcide && python bench/batch_breakdown.py   # ~3 min; bench/results/batch_breakdown.{json,md}
+    python bench/prepare.py gcide && python bench/batch_breakdown.py   # ~1 min; bench/results/batch_breakdown.{json,md}
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 import qvec
@@ -67,6 +72,32 @@ def breakdown(store, xq: np.ndarray, params: dict) -> dict:
     return {k: round(v, 3) for k, v in row.items()}
 
 
+def coarse_step(store, xq: np.ndarray) -> list[dict]:
+    """The coarse quantizer's search alone, kept in a heap (FAISS's choice below k = 100) and
+    in its reservoir, the two in turn; and whether they pick the same lists."""
+    quantizer = faiss.extract_index_ivf(store.journal.index.index).quantizer
+    xn = inputs.normalised(xq, store.settings.metric)
+    matmul_s, _ = best_of(lambda: xn @ quantizer.reconstruct_n(0, quantizer.ntotal).T, 7)
+    rows = []
+    for nprobe in (8, 16, 32, 64, 128):
+        heap_s, res_s, (_, I_heap), (_, I_res) = best_of_pair(lambda n=nprobe: quantizer.search(xn, n),
+                                                              lambda n=nprobe: _in_reservoir(quantizer, xn, n), 7)
+        rows.append({"nprobe": nprobe, "heap_ms": round(heap_s * 1e3, 2), "reservoir_ms": round(res_s * 1e3, 2),
+                     "heap_over_reservoir": round(heap_s / res_s, 3), "same_lists": bool((I_heap == I_res).all()),
+                     "matmul_alone_ms": round(matmul_s * 1e3, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _in_reservoir(quantizer, xn: np.ndarray, nprobe: int):
+    was = faiss.cvar.distance_compute_min_k_reservoir
+    faiss.cvar.distance_compute_min_k_reservoir = 1
+    try:
+        return quantizer.search(xn, nprobe)
+    finally:
+        faiss.cvar.distance_compute_min_k_reservoir = was
+
+
 def alignment(store, xq: np.ndarray) -> list[dict]:
     vi = store.journal.index
     xn = inputs.normalised(xq, store.settings.metric)
@@ -103,6 +134,7 @@ def main() -> None:
             print(name, json.dumps(out["configs"][name]), flush=True)
             if name == "int8/ivf1024":
                 out["alignment"] = alignment(store, xq)
+                out["coarse_step"] = coarse_step(store, xq)
             store.close()
     m = out["machine"]
     lines = ["# Where a batch's time goes, and what the queries' alignment costs FAISS", "",
@@ -121,6 +153,13 @@ def main() -> None:
     lines += ["", "FAISS's own search of int8/ivf1024 (no store), the same queries copied to each offset past a "
               "64-byte line:", "", "| offset bytes | batch of 1,000 ms | single query p50 ms |", "|---|---|---|"]
     lines += [f"| {r['offset_bytes']} | {r['batch_ms']} | {r['single_p50_ms']} |" for r in out["alignment"]]
+    lines += ["", "The IVF batches' first step alone: the coarse quantizer's search (1,024 centroids) for each "
+              "query's nprobe lists, the top nprobe kept in FAISS's heap (its choice below k = 100) and in its "
+              f"reservoir, best of 7 each, the two in turn. The matrix product alone: "
+              f"{out['coarse_step'][0]['matmul_alone_ms']} ms.", "",
+              "| nprobe | heap ms | reservoir ms | heap / reservoir | same lists |", "|---|---|---|---|---|"]
+    lines += [f"| {r['nprobe']} | {r['heap_ms']} | {r['reservoir_ms']} | {r['heap_over_reservoir']} | "
+              f"{'yes' if r['same_lists'] else 'no'} |" for r in out["coarse_step"]]
     write_report(RESULTS / "batch_breakdown", out, lines)
 
 
