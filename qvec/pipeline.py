@@ -11,14 +11,30 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from .errors import DimensionMismatch
+from .errors import DimensionMismatch, InvalidInput
 
 __all__ = ["run", "batched", "ingest"]
 
 
 def batched(rows: Iterable, size: int) -> Iterator[list]:
-    it = iter(rows)
+    """Ingest's rows ``size`` at a time, each checked to be an (id, text, metadata[, vector])
+    tuple or list: a malformed row is an InvalidInput naming it, not an IndexError later."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidInput(f"batch_size must be a positive integer, got {size!r}")
+    try:
+        it = iter(rows) if not isinstance(rows, (str, bytes, dict)) else None
+    except TypeError:
+        it = None
+    if it is None:
+        raise InvalidInput(f"rows must be an iterable of (id, text, metadata) tuples, got {type(rows).__name__}")
+    first = 0
     while batch := list(islice(it, size)):
+        for n, row in enumerate(batch, first):
+            if not isinstance(row, (tuple, list)) or len(row) not in (3, 4):
+                got = f"{len(row)} values" if isinstance(row, (tuple, list)) else f"a {type(row).__name__}"
+                raise InvalidInput(f"row {n} is {got}: ingest takes (id, text, metadata) or (id, text, metadata, "
+                                   "vector) rows")
+        first += len(batch)
         yield batch
 
 

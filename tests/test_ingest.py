@@ -155,3 +155,22 @@ def test_ingest_failures_keep_the_batches_before_them(tmp_path):
         with pytest.raises(qvec.InvalidInput, match="text 1 is empty"):
             s.ingest([("x1", "fine", None), ("x2", " ", None)], batch_size=2)
         assert len(s) == 300
+
+
+@pytest.mark.parametrize("rows, kwargs, message", [
+    ([("a", "t", None), ("b", "t")], {}, "row 1 is 2 values: ingest takes"),
+    ([(f"a{i}", "t", None) for i in range(5)] + [("b", "t", None, None, "x")], {"batch_size": 2}, "row 5 is 5 values"),
+    ([1, 2], {}, "row 0 is a int"),
+    ([{"id": "a"}], {}, "row 0 is a dict"),
+    ("rows", {}, "rows must be an iterable of (id, text, metadata) tuples, got str"),
+    (5, {}, "got int"),
+    ([("a", "t", None)], {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ([("a", "t", None)], {"batch_size": "8"}, "batch_size must be a positive integer, got '8'"),
+])
+def test_malformed_rows_are_one_invalid_input_and_the_batches_before_them_stay(tmp_path, rows, kwargs, message):
+    with qvec.open(tmp_path / "s", embedder=FixedEmbedder(8), quantization="fp32") as s:
+        with pytest.raises(qvec.InvalidInput) as e:
+            s.ingest(rows, **kwargs)
+        assert message in str(e.value) and "\n" not in str(e.value)
+        # the batches before row 5's were written (rows 0-3); nothing otherwise
+        assert len(s) == (4 if kwargs.get("batch_size") == 2 else 0)
