@@ -124,6 +124,7 @@ def checked(query, k, include, mode: str, text, weights, rrf_k):
     if not isinstance(text, str):
         raise InvalidInput(f"mode={mode!r} needs the query's text: search with a string, or pass text= "
                            "beside a vector")
+    inputs.query_texts([text])
     return text, inputs.check_k(k), inputs.check_include(include), _weights(weights), _rrf_k(rrf_k)
 
 

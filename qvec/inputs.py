@@ -4,8 +4,10 @@ ids, metadata, ``k`` and ``include``. Each check raises one ``InvalidInput`` nam
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,6 +243,24 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_path(path: Any) -> Path:
+    """A store's path as a Path, refused here if the system could not name a file by it."""
+    try:
+        p = Path(path) if isinstance(path, (str, os.PathLike)) else None
+    except TypeError:  # a PathLike that gives bytes
+        p = None
+    if p is None:
+        raise InvalidInput(f"path must be a directory path (str or Path), got {type(path).__name__}")
+    shown = repr(str(p)) if len(str(p)) <= 80 else repr(str(p)[:77]) + "..."
+    if "\0" in str(p):  # os.mkdir's answer would be a ValueError
+        raise InvalidInput(f"path {shown} holds a NUL character: no file can have that name")
+    try:
+        p.exists()
+    except OSError as e:  # too long a name; a directory on the way that cannot be searched
+        raise InvalidInput(f"path {shown} cannot hold a store ({e.strerror or e}): choose another path") from None
+    return p
+
+
 def check_lock_timeout(timeout: Any) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not timeout >= 0):
@@ -260,10 +280,24 @@ def check_embedder(embedder: Any) -> None:
 
 
 def check_include(include: Any) -> tuple[str, ...]:
-    include = (include,) if isinstance(include, str) else tuple(include or ())
-    if set(include) - set(INCLUDE):
+    try:
+        include = (include,) if isinstance(include, str) else tuple(include or ())
+    except TypeError:
+        include = (include,)  # one value that is not a name: refused below
+    if not all(isinstance(i, str) for i in include) or set(include) - set(INCLUDE):
         raise InvalidInput(f"include takes 'text' and/or 'metadata', got {include!r}")
     return include
+
+
+def query_texts(texts) -> list[str]:
+    """Text queries, each with something to search for: an empty one (an unset variable, a blank
+    line) would otherwise be embedded and answered with rows that look like real hits."""
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"{'the query' if len(texts) == 1 else f'query {i}'} is empty: give some text "
+                               "to search for")
+    return texts
 
 
 def one_query(query):

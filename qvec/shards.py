@@ -405,7 +405,7 @@ class ShardedStore:
         SearchParams.parse(params)  # checked once here, not once per shard
         k, include = inputs.check_k(k), inputs.check_include(include)
         if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
-            xq = self._embed(list(queries))
+            xq = self._embed(inputs.query_texts(queries))
         else:
             xq = inputs.as_matrix(queries, self.settings.dim, "queries")
         parts = self._each("search_batch", None, xq, k, where=where, include=include, **params)

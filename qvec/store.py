@@ -24,7 +24,6 @@ from .embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder, chec
 from .errors import (
     CheckpointDeferred,
     DimensionMismatch,
-    InvalidInput,
     NotTrained,
     ReadOnlyStore,
     SettingsConflict,
@@ -68,8 +67,7 @@ def open(path: str | os.PathLike, *, quantization: str | None = None, index: str
     A sharded store (``qvec build --shards N``) opens as a ``ShardedStore``, searched by threads
     or, with ``ray="auto"``/``"ray://host:10001"``/``"local"``, by Ray actors holding the shards.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"path must be a directory path (str or Path), got {type(path).__name__}")
+    path = inputs.check_path(path)
     inputs.check_embedder(embedder)  # before its name is read
     requested = Requested.parse(quantization=quantization, index=index, metric=metric, rescore=rescore, dim=dim,
                                 model=embedder.name if embedder is not None and model is None else model,
@@ -346,6 +344,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         params: nprobe (ivf), ef_search (hnsw), oversample (rescore: candidates = k × oversample)."""
         p, k, include = SearchParams.parse(params), inputs.check_k(k), inputs.check_include(include)
         if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
+            queries = inputs.query_texts(queries)
             xq = self._embed(queries) if self.settings else np.zeros((len(queries), 1), np.float32)  # lock-free
         else:
             xq = inputs.as_matrix(queries, self.settings.dim if self.settings else None, "queries", copy=False)

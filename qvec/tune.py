@@ -62,6 +62,8 @@ class Queries:
 
 
 def own_queries(fids: np.ndarray, vectors_of, n: int, seed: int, metric: str) -> Queries:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidInput(f"n_queries must be a positive integer, got {n!r}")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(fids), min(n, len(fids)), replace=False))
     x = inputs.normalised(vectors_of(fids[pick]), metric)
@@ -308,7 +310,7 @@ def tune(store, recall: float, *, max_bytes: float | None = None, queries: np.nd
          progress: Callable[[str, int, int], None] | None = None) -> TuneResult:
     """Measure candidate codes on (a sample of) the store and choose the cheapest meeting
     ``recall`` (recall@10's lower 95% bound), or the best under ``max_bytes``."""
-    if not 0 < recall <= 1:
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
         raise InvalidInput(f"recall must be between 0 and 1, got {recall!r}")
     s, j = store.settings, store.journal
     if s is None or j.live < MIN_ROWS:

@@ -67,6 +67,17 @@ def unchanged(store, n):
         (lambda s, x: s.add(vectors=x[:1], ids=["a\ud800"]), qvec.InvalidInput, "lone surrogate"),
         (lambda s, x: s.add(["fine", "bad \udfff"]), qvec.InvalidInput, "text 1 holds a lone surrogate"),
         (lambda s, x: s.add(vectors=x[:1], metadata=[{"t": "\ud800"}]), qvec.InvalidInput, "metadata.t holds a lone"),
+        (lambda s, x: s.search("bad \ud800"), qvec.InvalidInput, "text 0 holds a lone surrogate"),
+        (lambda s, x: s.search("bad \udfff", mode="hybrid"), qvec.InvalidInput, "text 0 holds a lone surrogate"),
+        (lambda s, x: s.search_batch(["fine", "\ud800"]), qvec.InvalidInput, "text 1 holds a lone surrogate"),
+        (lambda s, x: s.search(x[0], include=123), qvec.InvalidInput, "include takes 'text' and/or 'metadata'"),
+        (lambda s, x: s.search(x[0], include=[["text"]]), qvec.InvalidInput, "include takes"),
+        (lambda s, x: s.search(""), qvec.InvalidInput, "the query is empty: give some text to search for"),
+        (lambda s, x: s.search_batch(["fine", " \n"]), qvec.InvalidInput, "query 1 is empty"),
+        (lambda s, x: s.search("  ", mode="keyword"), qvec.InvalidInput, "the query is empty"),
+        (lambda s, x: s.search(x[0], mode="hybrid", text=""), qvec.InvalidInput, "the query is empty"),
+        (lambda s, x: s.report(n_queries=-1), qvec.InvalidInput, "n_queries must be a positive integer, got -1"),
+        (lambda s, x: s.tune("0.9"), qvec.InvalidInput, "recall must be between 0 and 1, got '0.9'"),
         (lambda s, x: s.add(vectors=x[:1], metadata=[{"a": {1: "x", "1": "y"}}]), qvec.InvalidInput,
          "metadata keys must be strings, got 1 in metadata.a"),
         (lambda s, x: s.add(vectors=x[:1], metadata=[{"big": 2**64}]), qvec.InvalidInput, "outside the 64-bit"),
@@ -85,6 +96,18 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(store, corpus, call, err
     assert message in str(e.value) and "\n" not in str(e.value)
     unchanged(store, n)
     assert store.get("0").metadata == {"n": 0}  # "0" survives a failed delete of ["0", "nope"]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("bad\0name", "holds a NUL character: no file can have that name"),
+    ("x" * 300, "cannot hold a store (File name too long): choose another path"),
+    (b"bytes", "path must be a directory path (str or Path), got bytes"),
+])
+def test_a_path_no_file_can_have_is_one_invalid_input(tmp_path, path, message):
+    with pytest.raises(qvec.InvalidInput) as e:
+        qvec.open(tmp_path / path if isinstance(path, str) else path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # nothing made
 
 
 def test_filters_of_any_size(store, corpus):
