@@ -55,3 +55,23 @@ def test_from_texts_persists_and_reopens(tmp_path):
     again.close()
     with pytest.raises(qvec.InvalidInput, match="needs path="):
         QvecVectorStore.from_texts(["a"], emb)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda v: v.add_texts(["fine", None]), "text 1 is NoneType: pass non-empty strings"),
+    (lambda v: v.add_texts([5]), "text 0 is int"),
+    (lambda v: v.add_texts(["bad \ud800"]), "text 0 holds a lone surrogate"),
+    (lambda v: v.similarity_search_by_vector("abc"), "embedding must be numbers"),
+    (lambda v: v.similarity_search_by_vector([float("nan")] * 16), "contains NaN or inf"),
+    (lambda v: v.similarity_search(""), "the query is empty"),
+    (lambda v: v.max_marginal_relevance_search("x \udfff"), "the query holds a lone surrogate"),
+    (lambda v: v.similarity_search(None), "the query must be a string, got NoneType"),
+])
+def test_bad_input_is_one_qvec_error_before_the_embeddings_see_it(vs, call, message):
+    """LangChain's embeddings answer a None or a lone surrogate with AttributeError or
+    UnicodeEncodeError: the texts are checked before they are embedded."""
+    vs.add_texts(["kept"], ids=["k"])
+    with pytest.raises(qvec.InvalidInput) as e:
+        call(vs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert [d.id for d in vs.get_by_ids(["k"])] == ["k"] and len(vs.store) == 1

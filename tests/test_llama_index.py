@@ -88,3 +88,10 @@ def test_a_vector_store_index_inserts_and_deletes_documents_through_it(tmp_path)
     hits = index.as_retriever(similarity_top_k=2).retrieve("texts")
     assert len(hits) == 2 and {h.node.ref_doc_id for h in hits} == {"b", "c"}
     vs.close()
+
+
+def test_a_node_without_an_embedding_is_named(store):
+    """TextNode.get_embedding() raises a bare ValueError for a node with none: the store names it first."""
+    with pytest.raises(qvec.InvalidInput, match="1 node\\(s\\) have no embedding \\('bare'...\\): embed them first"):
+        store.add([TextNode(id_="bare", text="no vector")])
+    assert len(store.get_nodes(["n1"])) == 1

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import inputs
 from ..errors import InvalidInput, MissingExtra
 
 try:
@@ -51,7 +52,7 @@ class QvecVectorStore(VectorStore):
     # -- writes ---------------------------------------------------------------------------
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
                   **kwargs: Any) -> list[str]:
-        texts = list(texts)
+        texts = inputs.check_texts(texts)  # before the embeddings see them: theirs are bare errors
         if not texts:
             return []
         ids = [i if i is not None else uuid.uuid4().hex for i in (ids or [None] * len(texts))]
@@ -79,21 +80,29 @@ class QvecVectorStore(VectorStore):
 
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
-        return self._search(self._embedding.embed_query(query), k, filter, kwargs)
+        return self._search(self._embed_query(query), k, filter, kwargs)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                     **kwargs: Any) -> list[Document]:
         return [d for d, _ in self._search(embedding, k, filter, kwargs)]
 
+    def _embed_query(self, query: str):
+        """The query's embedding, the text checked first as the store checks its own queries."""
+        if not isinstance(query, str):
+            raise InvalidInput(f"the query must be a string, got {type(query).__name__}")
+        return self._embedding.embed_query(inputs.query_texts([inputs.check_string(query, "the query")])[0])
+
     def _search(self, vector, k: int, filter: dict | None, params: dict) -> list[tuple[Document, float]]:
+        vector = inputs.as_matrix([vector] if not isinstance(vector, np.ndarray) else vector[None, :], None,
+                                  "embedding")[0]
         if not len(self.store):
             return []
-        hits = self.store.search(np.asarray(vector, dtype=np.float32), k, where=filter, **params)
+        hits = self.store.search(vector, k, where=filter, **params)
         return [(Document(id=h.id, page_content=h.text or "", metadata=h.metadata), h.score) for h in hits]
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                       filter: dict | None = None, **kwargs: Any) -> list[Document]:
-        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
+        return self.max_marginal_relevance_search_by_vector(self._embed_query(query), k, fetch_k,
                                                             lambda_mult, filter=filter, **kwargs)
 
     def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,

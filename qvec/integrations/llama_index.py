@@ -89,7 +89,7 @@ class QvecVectorStore(BasePydanticVectorStore):
     def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         if not nodes:
             return []
-        missing = [n.node_id for n in nodes if n.get_embedding() is None]
+        missing = [n.node_id for n in nodes if n.embedding is None]  # get_embedding() raises a ValueError
         if missing:
             raise InvalidInput(f"{len(missing)} node(s) have no embedding ({missing[0]!r}...): embed them first "
                                "(VectorStoreIndex does)")
