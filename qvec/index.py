@@ -481,7 +481,9 @@ class VectorIndex:
     def renumbered(self, live: np.ndarray) -> VectorIndex:
         """A copy whose fids ``live`` (ascending, every fid it holds) become 0..n-1: the same
         codes, only the ids in FAISS's arrays rewritten (lossless; not for tombstones)."""
-        clone = faiss.clone_binary_index(self.index) if self.binary else faiss.clone_index(self.index)
+        # FAISS's clone_binary_index cannot clone an IndexBinaryIDMap: a binary copy goes through bytes
+        clone = faiss.deserialize_index_binary(faiss.serialize_index_binary(self.index)) if self.binary else \
+            faiss.clone_index(self.index)
         fresh = VectorIndex(self.settings, clone, self.threshold)
         for ids in fresh._id_views():
             ids[:] = np.searchsorted(live, ids)
