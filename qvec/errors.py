@@ -21,7 +21,8 @@ input are also ``ValueError`` (or ``KeyError`` for unknown ids), so generic hand
     ├── StoreLocked                        another process has the store open for writing
     ├── ReadOnlyStore                      a write to a store opened read_only=True
     ├── BuildIncomplete                    a sharded build that has not finished (re-run it to resume)
-    └── MissingExtra (ImportError)         a feature whose optional extra is not installed (qvec[ray])
+    ├── MissingExtra (ImportError)         a feature whose optional extra is not installed (qvec[ray])
+    └── InternalError (RuntimeError)       FAISS failed where qvec should have prevented it: a qvec bug
 
 Warnings, not errors: ``CheckpointDeferred`` when a write is committed but saving the index
 after it failed (the rows are safe in the log), and ``TextTruncated`` (a ``UserWarning``) when a text is longer than the
@@ -52,6 +53,7 @@ __all__ = [
     "ReadOnlyStore",
     "BuildIncomplete",
     "MissingExtra",
+    "InternalError",
     "TextTruncated",
     "CheckpointDeferred",
 ]
@@ -142,6 +144,11 @@ class BuildIncomplete(QvecError):
 
 class MissingExtra(QvecError, ImportError):
     """A feature whose optional dependencies are not installed (``pip install "qvec[ray]"``)."""
+
+
+class InternalError(QvecError, RuntimeError):
+    """FAISS raised where qvec's own checks should have kept it from: a bug in qvec, reported
+    in one line rather than as FAISS's C++ exception."""
 
 
 class TextTruncated(UserWarning):

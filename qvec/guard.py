@@ -11,7 +11,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 
-from .errors import CorruptStore, QvecError, StorageError, StorageFull, StoreClosed
+from .errors import CorruptStore, InternalError, QvecError, StorageError, StorageFull, StoreClosed
 
 __all__ = ["holding", "storage_errors", "translated", "reads", "writes", "FULL_DISK"]
 
@@ -19,7 +19,8 @@ FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # what a full disk (or fi
 
 
 def translated(e: BaseException, path) -> QvecError | None:
-    """The QvecError a failure of the disk or of SQLite under ``path`` is, or None for any other."""
+    """The QvecError a failure of the disk or of SQLite under ``path`` is (or of FAISS: an
+    ``InternalError``), or None for any other."""
     if isinstance(e, sqlite3.DatabaseError):
         msg = str(e)
         if "full" in msg:  # "database or disk is full": SQLite's word for ENOSPC and EFBIG
@@ -38,6 +39,10 @@ def translated(e: BaseException, path) -> QvecError | None:
             return StorageFull(f"{where}: {os.strerror(e.errno)}: free space (or raise the file-size limit) and "
                                "retry; the call stored nothing")
         return StorageError(f"{where}: {e.strerror or e}")
+    if isinstance(e, RuntimeError) and "faiss" in str(e):  # FAISS's C++ exceptions, as SWIG raises them
+        detail = " ".join(str(e).split())
+        return InternalError(f"{path}: FAISS failed ({detail}): a qvec bug; please report it with the call that "
+                             "raised it")
     return None
 
 

@@ -196,7 +196,7 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         self.journal.write(s, texts, inputs.normalised(x, s.metric), ids, metas, replaced, own)
         try:
             self._maintain()
-        except StorageError as e:  # the batch is committed (in the log): saving the index can wait
+        except (StorageError, RuntimeError) as e:  # the batch is committed (in the log): saving the index can wait
             warnings.warn(f"the batch is stored, but training or saving the index failed ({e}); it is tried "
                           "again after the next write, or by checkpoint()", CheckpointDeferred, stacklevel=3)
         return ids

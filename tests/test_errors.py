@@ -271,3 +271,19 @@ def test_text_longer_than_the_model_window_is_stored_with_a_warning(tmp_path, mo
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             s.search("a short query", 1)  # no warning for texts inside the window
+
+
+def test_a_faiss_exception_is_one_internal_error(tmp_path):
+    """FAISS's C++ exceptions reach Python as RuntimeErrors; one that qvec's checks did not
+    prevent (this one: the clone that broke binary compaction) is an InternalError in one line."""
+    import faiss
+
+    from qvec.guard import translated
+
+    with pytest.raises(RuntimeError) as raw:
+        faiss.clone_binary_index(faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(8)))
+    error = translated(raw.value, tmp_path)
+    assert isinstance(error, qvec.InternalError) and isinstance(error, RuntimeError)
+    assert "FAISS failed (Error in" in str(error) and "cannot clone this type of index" in str(error)
+    assert "a qvec bug; please report it" in str(error) and "\n" not in str(error)
+    assert translated(RuntimeError("not from FAISS"), tmp_path) is None
