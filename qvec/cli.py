@@ -647,10 +647,13 @@ def _short_floats(v: np.ndarray) -> list[float]:
 @click.option("--limit", type=int, default=None, help="use only the first N base vectors")
 @click.option("--n-queries", type=int, default=None, help="use only the first N queries")
 @click.option("--repeat", default=3, show_default=True, help="timings are the best of this many runs")
+@click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="then time every configuration's batch again in this many rounds, all in turn, to compare "
+                   "them with each other (keeps every store on disk until the end)")
 @click.option("--name", default=None, help="data set name in the report")
 @click.pass_context
 def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metric, model, cache_dir, limit,
-          n_queries, repeat, name):
+          n_queries, repeat, rounds, name):
     """Measure recall against memory for a sweep of configurations; write OUT/results.json,
     OUT/results.md and OUT/recall_vs_memory.png.
 
@@ -735,8 +738,8 @@ def bench(ctx, vectors, corpus, queries, ground_truth, out, configs, quick, metr
         click.echo(f"  {r['config']:<34} {r['bytes_per_vector']:>8.1f} B/vec  R@10 {r['recall_at_10']:.4f}{task}  "
                    f"{r['qps']:>9,.0f} q/s", err=True)
 
-    records = qbench.run(ds, configs, progress=report, repeat=repeat)
-    qbench.write_results(out, ds, records, gt_from_file=gt is not None)
+    records = qbench.run(ds, configs, progress=report, repeat=repeat, rounds=rounds)
+    qbench.write_results(out, ds, records, gt_from_file=gt is not None, extra={"rounds": rounds} if rounds else None)
     click.echo(f"wrote {Path(out) / 'results.json'}, results.md and recall_vs_memory.png")
 
 

@@ -3,6 +3,8 @@ command end to end on real embeddings (vectors, ann-benchmarks HDF5 and text for
 
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -130,12 +132,18 @@ def test_bench_on_npy_vectors_writes_json_markdown_and_plot(runner, tmp_path, co
     np.save(tmp_path / "docs.npy", xb)
     np.save(tmp_path / "queries.npy", xq)
     out = tmp_path / "out"
+    stores_before = set(Path(tempfile.gettempdir()).glob("qvec-bench-*"))
     r = runner.invoke(main, ["bench", "--vectors", str(tmp_path / "docs.npy"),
                              "--queries", str(tmp_path / "queries.npy"), "--out", str(out),
                              "--config", "fp32/flat", "--config", "int8/flat",
-                             "--config", "binary/flat", "--config", "binary/flat/rescore=8", "--repeat", "1"])
+                             "--config", "binary/flat", "--config", "binary/flat/rescore=8", "--repeat", "1",
+                             "--rounds", "2"])
     assert r.exit_code == 0, r.output
     res, by = _results(out)
+    # --rounds: every store timed again in turn once all were built, then removed
+    assert res["rounds"] == 2 and all(rec["qps_in_turn"] > 0 for rec in res["records"])
+    assert "q/s in turn" in (out / "results.md").read_text() and "for 2 rounds" in (out / "results.md").read_text()
+    assert set(Path(tempfile.gettempdir()).glob("qvec-bench-*")) <= stores_before
     assert res["dataset"]["n_docs"] == len(xb) and res["dataset"]["n_queries"] == len(xq)
     assert res["machine"]["cores"] == os.cpu_count() and res["machine"]["faiss"]
     exact = by["fp32/flat"]
