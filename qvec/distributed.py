@@ -88,7 +88,7 @@ def _read_vector_block(item: dict):
         r = rows[j] if rows else {}
         meta = r.get("metadata") or {}
         yield {"id": str(r.get("id", f"{path.name}:{i}")), "text": r.get("text") or "",
-               "meta": json.dumps(meta) if meta else "", "vector": np.asarray(x[i], dtype=np.float32)}
+               "meta": json.dumps(meta) if meta else "", "vector": np.asarray(x[i], dtype=np.float32), "own": True}
 
 
 def _vector_rows(path: str) -> int:
@@ -249,8 +249,10 @@ class ShardWriter:
         if keep:
             texts = [str(batch["text"][j]) for j in keep]
             metas = [json.loads(batch["meta"][j]) if batch["meta"][j] else {} for j in keep]
-            self.store.add(texts if all(texts) else None, vectors=np.asarray(batch["vector"])[keep],
-                           ids=[ids[j] for j in keep], metadata=metas)
+            # vector files' rows are the caller's vectors; text rows were embedded by the build
+            own = [bool(batch["own"][j]) for j in keep] if "own" in batch else [False] * len(keep)
+            self.store._write(texts if all(texts) else None, np.asarray(batch["vector"])[keep], [ids[j] for j in keep],
+                              metas, own, upsert=False)
         return len(ids), len(keep)
 
     def pid(self) -> int:

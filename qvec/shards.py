@@ -258,11 +258,14 @@ class ShardedStore:
     def upsert(self, texts=None, *, vectors=None, ids=None, metadata=None) -> list[str]:
         return self._write(texts, vectors, ids, metadata, upsert=True)
 
-    def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
+    def _write(self, texts, vectors, ids, metadata, own=None, *, upsert: bool) -> list[str]:
+        """``own``: per row, whether its vector is the caller's (else embedded here); None: all
+        the caller's when ``vectors`` is given. Each shard records it, as a single store does."""
         self._open()
         self._writable()
         # the whole batch is checked before any shard writes a row of it
         texts, x, ids, metas = inputs.check_batch(texts, vectors, ids, metadata, self.settings.dim)
+        own = own if own is not None else [x is not None] * len(ids)
         routes = self._route(ids)
         if not upsert:
             stored = set().union(set(), *self._each_own("existing", ids, routes))
@@ -272,11 +275,11 @@ class ShardedStore:
         if x is None:
             self.settings.check_embedding_precision(self.model_precision, self.path)
             x = self._embed(texts)
-        method = "upsert" if upsert else "add"
-        self._each(method, {s: (([texts[p] for p in pos] if texts is not None else None,),
-                                {"vectors": x[pos], "ids": [ids[p] for p in pos],
-                                 "metadata": [json.loads(metas[p]) if metas[p] else {} for p in pos]})
-                            for s, pos in routes.items()})
+        self._each("_write", {s: (([texts[p] for p in pos] if texts is not None else None,),
+                                  {"vectors": x[pos], "ids": [ids[p] for p in pos],
+                                   "metadata": [json.loads(metas[p]) if metas[p] else {} for p in pos],
+                                   "own": [own[p] for p in pos], "upsert": upsert})
+                              for s, pos in routes.items()})
         return ids
 
     def delete(self, ids) -> int:
@@ -305,8 +308,8 @@ class ShardedStore:
                 batch = [r for r in batch if r[0] not in have and r[0] not in queued and not queued.add(r[0])]
             if batch:
                 texts = [r[1] for r in batch]
-                vectors, _ = own_vectors(batch, texts, self._embed)
-                self._write(texts, vectors, [r[0] for r in batch], [r[2] or {} for r in batch], upsert=upsert)
+                vectors, own = own_vectors(batch, texts, self._embed)
+                self._write(texts, vectors, [r[0] for r in batch], [r[2] or {} for r in batch], own, upsert=upsert)
             added, skipped = added + len(batch), skipped + n_read - len(batch)
             if on_batch:
                 on_batch(n_read, len(batch))

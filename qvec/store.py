@@ -161,8 +161,8 @@ class Store(tune_mod.Tuning, hybrid.Hybrid):
         """Like ``add``, but rows whose id exists are replaced."""
         return self._write(texts, vectors, ids, metadata, upsert=True)
 
-    def _write(self, texts, vectors, ids, metadata, *, upsert: bool) -> list[str]:
-        return self._commit(self._prepare(texts, vectors, ids, metadata, upsert=upsert), upsert)
+    def _write(self, texts, vectors, ids, metadata, own=None, *, upsert: bool) -> list[str]:
+        return self._commit(self._prepare(texts, vectors, ids, metadata, own, upsert=upsert), upsert)
 
     def _prepare(self, texts, vectors, ids, metadata, own: list[bool] | None = None, *, upsert: bool):
         """Check one batch before any work is spent on it, then embed its texts outside the lock

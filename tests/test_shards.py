@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,6 +32,15 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+def own_marks(path) -> dict[str, int]:
+    """Each row's items.own_vector across the shards: 1 where the vector was the caller's."""
+    out: dict[str, int] = {}
+    for shard in json.loads((path / MANIFEST).read_text())["shards"]:
+        with sqlite3.connect(path / shard / "qvec.sqlite") as c:
+            out.update(c.execute("SELECT id, own_vector FROM items"))
+    return out
 
 
 @pytest.fixture
@@ -70,6 +80,8 @@ def test_sharded_build_answers_as_one_store_with_the_same_codes(tmp_path, docs_n
         assert len(s) == len(xb) + 1
         assert s.delete(["d1", "x1"]) == 2
         one.close()
+    # a vector file's rows are the caller's vectors: a shard opened alone will not re-embed them
+    assert set(own_marks(tmp_path / "s").values()) == {1}
     with qvec.open(tmp_path / "s", read_only=True) as s:
         assert len(s) == len(xb) - 1
         with pytest.raises(qvec.ReadOnlyStore):
@@ -222,6 +234,17 @@ def test_parquet_texts_are_embedded_into_shards_with_their_metadata(tmp_path, co
         assert len(s.search(texts[0], k=60, where={"n": {"$lt": 10}})) == 10
     with pytest.raises(qvec.InputFileError, match="no column 'id'"):
         distributed.build(tmp_path / "t", [str(tmp_path / "p.parquet")], shards=2, text_field="body", progress=False)
+    # the build embedded every row; writes through the sharded store mark what the caller gave
+    assert set(own_marks(tmp_path / "s").values()) == {0}
+    with qvec.open(tmp_path / "s") as s:
+        s.add([texts[1] + " again"], ids=["e1"])
+        s.add(["with its vector"], vectors=corpus[1][:1], ids=["v1"])
+        s.ingest([("e2", "embedded in the batch", None), ("v2", "brought its own", None, corpus[1][2])])
+        s.upsert(["replaced, now embedded"], ids=["v1"])
+    marks = own_marks(tmp_path / "s")
+    assert (marks["e1"], marks["e2"], marks["v2"], marks["v1"], marks["q4"]) == (0, 0, 1, 0, 0)
+    with qvec.open(tmp_path / "s" / json.loads((tmp_path / "s" / MANIFEST).read_text())["shards"][0]) as shard:
+        shard.retrain()  # a shard alone holds only embedded rows: retraining embeds its texts again
 
 
 def test_codes_for_other_settings_are_refused_by_a_store_opened_asking_for_others(tmp_path, corpus):
