@@ -184,10 +184,12 @@ class Originals:
         self.row_bytes = row_bytes(dim, precision)
         self.verify = verify  # False only to measure what checking costs
         self._sum_map: np.ndarray | None = None  # the sidecar, mapped once and again only as it grows
-        self._row_map: np.ndarray | None = None  # the rows, likewise (a new map every read faults every page in)
-        self._mm: mmap.mmap | None = None  # the map behind _row_map
-        self._mapped: tuple[int, int] | None = None  # (device, inode) of the file mapped
-        self._verified: np.ndarray | None = None  # per row of the map: its checksum checked (rerank)
+        # the rows mapped once, and again only as the file grows or is replaced (a new map every
+        # read faults every page in): (the rows' view, per row whether its checksum was checked
+        # (rerank), (device, inode) of the file), replaced as one so that searches sharing the
+        # map never see a view longer than its bits
+        self._map_state: tuple[np.ndarray, np.ndarray, tuple[int, int]] | None = None
+        self._mm: mmap.mmap | None = None  # the map behind the view
         self._fds: tuple[int, int] | None = None  # (rows, sums) held open by pin()
         self._advise_left = ADVISE_HOLD  # reads still to advise (module docstring); a new map starts cold
 
@@ -208,7 +210,7 @@ class Originals:
                 if fd >= 0:
                     os.close(fd)
             self._fds, self._sum_map = None, None
-        self._row_map = self._mm = self._verified = self._mapped = None  # the map closes with its last view
+        self._map_state = self._mm = None  # the map closes with its last view
 
     def write(self, first_fid: int, x: np.ndarray) -> None:
         """Rows first_fid, first_fid+1, ... (an add's fids are consecutive) and their
@@ -241,7 +243,7 @@ class Originals:
         """``rescore()`` from these rows: candidate fids ``I`` (-1: none) re-ranked by exact scores,
         k per query. FP32 rows are scored where they lie in the map, with no copy: FAISS reads
         each query's candidates from the page cache and keeps its top k. Each row's checksum is
-        checked the first time it is read through the map (the map's ``_verified`` bits), where
+        checked the first time it is read through the map (the map's checked bits), where
         ``read`` copied every candidate and summed it again for each query."""
         if self.precision != "fp32" or not I.size:
             return rescore(xq, I, k, self.read, metric)
@@ -254,16 +256,16 @@ class Originals:
             if not len(asked):
                 return rescore(xq, I, k, self.read, metric)
             lo, hi = int(asked.min()), int(asked.max())
-        view = self._view(lo, hi)
+        view, verified = self._mapping(lo, hi)
         if self._advising(len(asked), len(view)):  # as read() does: a cold disk fetches them at once
             self._advise(np.unique(asked))
         start = _clock()  # the first touch of each row, for the advice: the check, else the scoring
         if self.verify:
-            unchecked = asked[~self._verified[asked]]
+            unchecked = asked[~verified[asked]]
             if len(unchecked):
                 rows = np.unique(unchecked)
                 self._check(rows, view[rows])
-                self._verified[rows] = True
+                verified[rows] = True
         out = top_k(xq, view, I, k, metric)
         self._waited(start, len(asked))
         return out
@@ -302,31 +304,36 @@ class Originals:
         """The rows as stored, (rows, row_bytes) uint8 or (rows, dim) float32, through the map
         kept open (made again when the file grew, or was replaced by a compaction); a
         CorruptStore unless rows lo..hi are in the file."""
+        return self._mapping(lo, hi)[0]
+
+    def _mapping(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``_view`` and the map's checked bits, as one: searches share the map, and a search
+        that maps the grown file again must not hand another the new view with the old bits."""
         pinned = self._fds is not None
         try:  # the size checked on every read: a map read past a truncated file's end is a SIGBUS
             st = os.fstat(self._fds[0]) if pinned else os.stat(self.path)
         except FileNotFoundError:
             st = None
         stored = self._holding(st, lo, hi)
-        view, file = self._row_map, (st.st_dev, st.st_ino)
-        if view is not None and len(view) >= stored and file == self._mapped:
-            return view
+        state, file = self._map_state, (st.st_dev, st.st_ino)
+        if state is not None and len(state[0]) >= stored and file == state[2]:
+            return state[0], state[1]
         fd = self._fds[0] if pinned else os.open(self.path, os.O_RDONLY)
         try:
             st = os.fstat(fd)  # the file opened, which a writer may have replaced since the stat
             stored, file = self._holding(st, lo, hi), (st.st_dev, st.st_ino)
             dtype = np.float32 if self.precision == "fp32" else np.uint8
-            self._mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
-            view = self._row_map = np.frombuffer(self._mm, dtype).reshape(stored, -1)
+            mm = mmap.mmap(fd, stored * self.row_bytes, access=mmap.ACCESS_READ)
+            view = np.frombuffer(mm, dtype).reshape(stored, -1)
         finally:
             if not pinned:
                 os.close(fd)  # the map keeps the file
         verified = np.zeros(stored, bool)  # a grown file's rows checked already stay checked
-        if file == self._mapped and self._verified is not None:
-            verified[: len(self._verified)] = self._verified
-        self._verified, self._mapped = verified, file
+        if state is not None and file == state[2]:
+            verified[: min(len(state[1]), stored)] = state[1][:stored]
+        self._mm, self._map_state = mm, (view, verified, file)
         self._advise_left = ADVISE_HOLD  # a new map's pages start cold
-        return view
+        return view, verified
 
     def _holding(self, st: os.stat_result | None, lo: int, hi: int) -> int:
         """The rows a file of this stat holds (0 for none); a CorruptStore unless rows lo..hi are among them."""

@@ -126,7 +126,7 @@ def test_rerank_keeps_each_querys_best_candidates_by_exact_score(originals, tmp_
 def test_rerank_checks_a_row_the_first_time_it_is_read_and_a_damaged_one_every_time(originals):
     xq = X[:2] + 0.01
     originals.rerank(xq, np.array([[1, 2, 3], [4, 5, 6]]), 2, "ip")
-    assert originals._verified[[1, 2, 3, 4, 5, 6]].all() and originals._verified.sum() == 6
+    assert originals._map_state[1][[1, 2, 3, 4, 5, 6]].all() and originals._map_state[1].sum() == 6
     with open(originals.path, "r+b") as f:
         f.seek(200 * 32 + 3)
         byte = f.read(1)
@@ -139,7 +139,7 @@ def test_rerank_checks_a_row_the_first_time_it_is_read_and_a_damaged_one_every_t
     cand = np.array([[301, 2, 3], [4, 5, 302]])
     _, I = originals.rerank(xq, cand, 1, "ip")
     assert I[:, 0].tolist() == [ids[0] for ids, _ in _reference_top(xq, np.vstack([X, X[:4]]), cand, 1, "ip")]
-    assert originals._verified[[301, 302]].all() and not originals._verified[200]
+    assert originals._map_state[1][[301, 302]].all() and not originals._map_state[1][200]
 
 
 def test_reading_past_the_end_in_rerank_is_a_corrupt_store(originals):

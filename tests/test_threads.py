@@ -112,3 +112,42 @@ def test_two_writing_threads_on_one_store_lose_nothing(tmp_path, corpus):
         assert sorted(store.ids()) == sorted(f"d{i}" for i in range(640))
         # every vector is found as its own nearest neighbour (or an identical duplicate's)
         assert all(abs(r[0].score - 1) < 1e-5 for r in store.search_batch(xb, 1, include=()))
+
+
+@pytest.mark.parametrize("quantization, index", [("pq8x4fs", "ivf8"), ("int8", "flat")])
+def test_searches_that_map_the_grown_originals_at_once_agree_on_the_map(tmp_path, quantization, index):
+    """Re-ranking searches share one map of the originals. When a write has grown the file,
+    the first search to read past the old map maps it again; another search then took the new
+    view with the old checked-bits array and failed with an IndexError (seen with fast-scan IVF)."""
+    import sys
+
+    x = np.random.default_rng(4).standard_normal((4000, 32)).astype(np.float32)
+    s = qvec.open(tmp_path / "s", quantization=quantization, index=index, rescore=True)
+    s.add(vectors=x[:1000], ids=[str(i) for i in range(1000)])
+    s.train()
+    errors, done = [], threading.Event()
+
+    def search(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                s.search_batch(x[rng.integers(0, 4000, 4)], 5, include=())
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    was = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the remap's window is a few bytecodes wide
+    readers = [threading.Thread(target=search, args=(i,)) for i in range(3)]
+    try:
+        for t in readers:
+            t.start()
+        for a in range(1000, 4000, 100):  # each add grows the originals past every reader's map
+            s.add(vectors=x[a : a + 100], ids=[str(i) for i in range(a, a + 100)])
+            time.sleep(0.01)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+        sys.setswitchinterval(was)
+        s.close()
+    assert not errors, errors[0]
