@@ -428,8 +428,10 @@ def in_turn(xq: np.ndarray, stores: list, rounds: int) -> list[float]:
     round, each round starting one store later: a slow spell of the machine falls on all of
     them alike, where run_config measures each minutes apart from the next. ``stores``:
     (store directory, search parameters)."""
-    opened = [(open_store(tmp / "s.qvec", read_only=True), params) for tmp, params in stores]
+    opened: list = []
     try:
+        for tmp, params in stores:
+            opened.append((open_store(tmp / "s.qvec", read_only=True), params))
         for s, params in opened:  # warm: the id map, the originals' map
             s.search_batch(xq[:100], 10, include=(), **params)
         best = [float("inf")] * len(opened)

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS vector_log (
 CREATE TABLE IF NOT EXISTS tombstones (fid INTEGER PRIMARY KEY);
 """
 
+
 @functools.cache
 def _schema_columns() -> dict[str, tuple[str, ...]]:
     """Each table of ``_SCHEMA`` and its columns, read from the schema itself."""
