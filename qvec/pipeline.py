@@ -6,6 +6,7 @@ prepared before it are still written."""
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -27,7 +28,7 @@ def batched(rows: Iterable, size: int) -> Iterator[list]:
         it = None
     if it is None:
         raise InvalidInput(f"rows must be an iterable of (id, text, metadata) tuples, got {type(rows).__name__}")
-    first = 0
+    first, size = 0, min(size, sys.maxsize)  # islice takes no larger stop: such a batch is everything anyway
     while batch := list(islice(it, size)):
         for n, row in enumerate(batch, first):
             if not isinstance(row, (tuple, list)) or len(row) not in (3, 4):

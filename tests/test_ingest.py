@@ -174,3 +174,8 @@ def test_malformed_rows_are_one_invalid_input_and_the_batches_before_them_stay(t
         assert message in str(e.value) and "\n" not in str(e.value)
         # the batches before row 5's were written (rows 0-3); nothing otherwise
         assert len(s) == (4 if kwargs.get("batch_size") == 2 else 0)
+
+
+def test_a_batch_size_past_what_islice_takes_is_one_batch(tmp_path):
+    with qvec.open(tmp_path / "s", embedder=FixedEmbedder(8), quantization="fp32") as s:
+        assert s.ingest([(f"r{i}", f"text {i}", None) for i in range(5)], batch_size=10**30) == (5, 0)
